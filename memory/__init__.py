@@ -1,0 +1,1 @@
+"""Rapport memory: summary-augmented retrieval over each user's stored exchanges."""

@@ -1,0 +1,53 @@
+"""The one small interface every personalization stage implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+from proxy.pipeline.context import Exchange, RequestContext
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A pipeline stage.
+
+    `before` rewrites `ctx.body` for this user before the upstream call and may add to `ctx.reports`
+    through the runner; `after` learns from the finished exchange and runs off the request path (the
+    response and the stream's end never wait for it).
+    """
+
+    name: str
+
+    def wants(self, ctx: RequestContext) -> bool:
+        """Whether the stage runs for this request (user named, options, per-model defaults)."""
+        ...
+
+    async def before(self, ctx: RequestContext) -> dict[str, Any]:
+        """Rewrite the request; return details for the response's `rapport` extension."""
+        ...
+
+    async def after(self, ctx: RequestContext, exchange: Exchange) -> None: ...
+
+
+class Upstream(Protocol):
+    """What a generating stage may call: the configured upstream for this request's model."""
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class GeneratingStage(Stage, Protocol):
+    """A stage that takes over decoding itself (VAS): it calls the upstream step by step."""
+
+    def generates(self, ctx: RequestContext) -> bool: ...
+
+    async def generate(self, ctx: RequestContext, upstream: Upstream) -> dict[str, Any]:
+        """Return a complete OpenAI chat.completion object."""
+        ...
+
+    def generate_stream(self, ctx: RequestContext, upstream: Upstream) -> AsyncIterator[dict[str, Any]]:
+        """Yield OpenAI chat.completion.chunk objects as tokens are chosen."""
+        ...

@@ -1,0 +1,93 @@
+"""Everything a running Rapport holds, built once per app and shared by routes, stages and plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memory.llm import ChatLLM
+from proxy.auth.keys import KeyStore
+from proxy.metrics import Metrics
+from proxy.ratelimit import RateLimiter
+from proxy.settings import RapportSettings
+from proxy.upstream.router import UpstreamRouter
+
+if TYPE_CHECKING:
+    from proxy.plugins import Plugin
+
+log = logging.getLogger("rapport")
+
+
+class BackgroundTasks:
+    """Tracks fire-and-forget work (recording exchanges) so that shutdown can drain it."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "rapport-bg") -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+@dataclass
+class Services:
+    settings: RapportSettings
+    upstream: UpstreamRouter
+    keys: KeyStore
+    limiter: RateLimiter
+    metrics: Metrics
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)
+    plugins: list[Plugin] = field(default_factory=list)
+    # Shared infrastructure that the memory plugin creates and the RPM plugin reuses
+    # (typed loosely here so that the proxy core does not depend on their construction).
+    embedder: Any = None
+    jobs: Any = None
+
+    def utility_llm(self, model: str | None = None) -> ChatLLM:
+        """The LLM that writes summaries and extractions: a named model, else the default upstream."""
+        return self.upstream.as_chat_llm(model or self.settings.default_model or "")
+
+    @classmethod
+    def build(cls, settings: RapportSettings) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            upstream=UpstreamRouter(settings),
+            keys=KeyStore(settings.data_dir / "keys.sqlite3", settings.auth),
+            limiter=RateLimiter(settings.limits),
+            metrics=Metrics(),
+        )
+
+    async def start(self) -> None:
+        for plugin in self.plugins:
+            await plugin.start()
+
+    async def close(self) -> None:
+        await self.background.drain()
+        for plugin in reversed(self.plugins):
+            try:
+                await plugin.close()
+            except Exception:
+                log.exception("closing plugin %s failed", plugin.name)
+        await self.upstream.close()
+        self.keys.close()
+
+    def stages(self) -> list[Any]:
+        return [stage for plugin in self.plugins for stage in plugin.stages()]

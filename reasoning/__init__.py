@@ -1,0 +1,1 @@
+"""Rapport reasoning: reasoning-level personalization (RPM) and value-augmented sampling (VAS)."""

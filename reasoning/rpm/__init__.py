@@ -1,0 +1,1 @@
+"""RPM: reasoning-level personalization for black-box LLMs (Kim et al., 2025)."""

@@ -1,0 +1,1 @@
+"""VAS: value-augmented sampling (Han et al., 2024)."""
