@@ -1,0 +1,99 @@
+"""The ASGI application: routes, error handlers, middleware and the services' lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proxy import __version__
+from proxy.entrypoints.chat.api_router import router as chat_router
+from proxy.entrypoints.chat.serving import ChatServing
+from proxy.entrypoints.common import loc_to_param
+from proxy.entrypoints.completions.api_router import router as completions_router
+from proxy.entrypoints.embeddings.api_router import router as embeddings_router
+from proxy.entrypoints.health.api_router import router as health_router
+from proxy.entrypoints.models.api_router import router as models_router
+from proxy.errors import InvalidRequest, NotFound, RapportError
+from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
+from proxy.plugins import DEFAULT_PLUGINS, load_plugins
+from proxy.services import Services
+from proxy.settings import RapportSettings
+
+log = logging.getLogger("rapport")
+
+
+def _error_response(error: RapportError) -> Response:
+    return Response(
+        content=orjson.dumps(error.to_body()),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RapportError)
+    async def _rapport_error(request: Request, exc: RapportError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        param = loc_to_param(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            return _error_response(InvalidRequest(f"Malformed JSON in request body: {first['msg']}", code="invalid_json"))
+        return _error_response(InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return _error_response(NotFound(f"No route {request.method} {request.url.path}."))
+        error = RapportError(str(exc.detail), code=f"http_{exc.status_code}")
+        error.status_code = exc.status_code
+        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(RapportError("Internal server error.", code="internal_error"))
+
+
+def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLUGINS) -> FastAPI:
+    services = Services.build(settings)
+    services.upstream.observe = lambda model, seconds: services.metrics.upstream_latency.labels(model).observe(seconds)
+    services.plugins = load_plugins(services, plugins)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="Rapport",
+        version=__version__,
+        description="A personalization proxy for any LLM, OpenAI-compatible.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.chat_serving = ChatServing(services)
+    _install_error_handlers(app)
+    for router in (chat_router, completions_router, embeddings_router, models_router, health_router):
+        app.include_router(router)
+    for plugin in services.plugins:
+        for router in plugin.routers():
+            app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    return app

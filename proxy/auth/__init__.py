@@ -1,0 +1,1 @@
+"""API keys (hashed at rest), the admin key, and the request principal."""

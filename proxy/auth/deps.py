@@ -1,0 +1,76 @@
+"""FastAPI dependencies: who is calling (tenant, key, bound user) and whether they are an admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from proxy.errors import AuthenticationFailed, PermissionDenied
+from proxy.services import Services
+
+OPEN_TENANT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    tenant: str
+    bound_user: str | None = None
+    is_admin: bool = False
+    rate_limit_rps: float | None = None
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <key>'.")
+    # Some clients send the key as `api-key` / `x-api-key` (Azure and Anthropic styles).
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+def open_mode(services: Services) -> bool:
+    """No proxy key and no admin key configured: local development, bound to 127.0.0.1 only."""
+    return not services.keys.has_admin_key and not services.keys.any_proxy_keys()
+
+
+async def require_principal(request: Request) -> Principal:
+    services = services_of(request)
+    token = _bearer(request)
+    if token is None:
+        if open_mode(services):
+            return Principal(key_id="open", tenant=OPEN_TENANT)
+        raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
+    if services.keys.is_admin(token):
+        return Principal(key_id="admin", tenant=OPEN_TENANT, is_admin=True)
+    key = services.keys.lookup(token)
+    if key is None:
+        if open_mode(services):
+            # In open mode any placeholder key an SDK insists on (e.g. "sk-local") is accepted.
+            return Principal(key_id="open", tenant=OPEN_TENANT)
+        raise AuthenticationFailed("Incorrect API key provided.")
+    return Principal(key_id=key.key_id, tenant=key.tenant, bound_user=key.user, rate_limit_rps=key.rate_limit_rps)
+
+
+async def require_admin(request: Request) -> Principal:
+    services = services_of(request)
+    token = _bearer(request)
+    if not services.keys.has_admin_key:
+        if open_mode(services):
+            return Principal(key_id="open", tenant=OPEN_TENANT, is_admin=True)
+        raise PermissionDenied("Admin API is disabled: no admin key is configured (auth.admin_key).")
+    if token is None:
+        raise AuthenticationFailed("Missing admin key: send 'Authorization: Bearer <admin key>'.")
+    if services.keys.is_admin(token):
+        return Principal(key_id="admin", tenant=OPEN_TENANT, is_admin=True)
+    if services.keys.lookup(token) is not None:
+        raise PermissionDenied("This key is a proxy key; admin routes need the admin key.")
+    raise AuthenticationFailed("Incorrect admin key provided.")

@@ -1,0 +1,1 @@
+"""Admin API: inspect, edit, export and delete what Rapport knows about a user."""

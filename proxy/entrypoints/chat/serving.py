@@ -1,0 +1,193 @@
+"""The logic of /v1/chat/completions: validate, personalize, call the upstream, answer, learn."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from proxy.auth.deps import Principal
+from proxy.entrypoints.chat.protocol import ChatCompletionRequest
+from proxy.entrypoints.common import read_json_object, validate
+from proxy.errors import InvalidRequest, RapportError
+from proxy.identity import resolve_user
+from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
+from proxy.pipeline.runner import Pipeline
+from proxy.services import Services
+from proxy.upstream.router import BoundUpstream
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def _check_caps(services: Services, req: ChatCompletionRequest) -> None:
+    limits = services.settings.limits
+    if len(req.messages) > limits.max_messages:
+        raise InvalidRequest(f"Too many messages ({len(req.messages)} > {limits.max_messages}).", param="messages")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name)
+        if value is not None and value > limits.max_tokens:
+            raise InvalidRequest(f"'{name}' exceeds this server's cap of {limits.max_tokens}.", param=name)
+    if req.n is not None and req.n > limits.max_n:
+        raise InvalidRequest(f"'n' exceeds this server's cap of {limits.max_n}.", param="n")
+
+
+def _answer_text(response: dict[str, Any]) -> tuple[str, str | None]:
+    choices = response.get("choices") or []
+    if not choices:
+        return "", None
+    first = choices[0]
+    message = first.get("message") or {}
+    content = message.get("content")
+    return (content if isinstance(content, str) else ""), first.get("finish_reason")
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class ChatServing:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.pipeline = Pipeline(services)
+
+    async def create(self, request: Request, principal: Principal) -> Response:
+        services = self.services
+        services.limiter.check(principal.key_id, principal.rate_limit_rps)
+        body = await read_json_object(request)
+        req = validate(ChatCompletionRequest, body)
+        _check_caps(services, req)
+        model = req.model or services.settings.default_model
+        if not model:
+            raise InvalidRequest("'model' is required.", param="model")
+        services.upstream.entry(model)  # 404 before any personalization work
+
+        body.pop("rapport", None)
+        body["model"] = model
+        user = resolve_user(request.headers, body, principal)
+        if user is not None and "user" not in body:
+            # The end user still reaches the upstream (abuse monitoring, caching keys, ...).
+            body["user"] = user
+        ctx = RequestContext(
+            request_id="rq-" + secrets.token_hex(8),
+            endpoint="chat",
+            model=model,
+            tenant=principal.tenant,
+            user=user,
+            body=body,
+            options=req.rapport or RapportOptions(),
+            stream=bool(req.stream),
+            original_messages=list(body["messages"]),
+        )
+        ran = await self.pipeline.before(ctx)
+        if ctx.stream:
+            return await self._stream(ctx, ran, principal)
+        return await self._complete(ctx, ran)
+
+    async def _complete(self, ctx: RequestContext, ran: list[Any]) -> Response:
+        generator = self.pipeline.generator(ctx, ran)
+        if generator is not None:
+            result = await generator.generate(ctx, BoundUpstream(self.services.upstream, ctx.model))
+        else:
+            result = await self.services.upstream.chat(ctx.model, ctx.body)
+        self._count_tokens(ctx.model, result.get("usage"))
+        text, finish = _answer_text(result)
+        if ctx.user is not None:
+            result["rapport"] = self.pipeline.extension(ctx)
+        self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, text, ctx.model, finish, result.get("usage") or {}))
+        return Response(
+            content=orjson.dumps(result), media_type="application/json", headers=self.pipeline.headers(ctx)
+        )
+
+    async def _stream(self, ctx: RequestContext, ran: list[Any], principal: Principal) -> Response:
+        generator = self.pipeline.generator(ctx, ran)
+        if generator is not None:
+            events = generator.generate_stream(ctx, BoundUpstream(self.services.upstream, ctx.model))
+        else:
+            events = self.services.upstream.chat_stream(ctx.model, ctx.body)
+        limiter = self.services.limiter
+        limiter.open_stream(principal.key_id)
+        try:
+            # Pull the first event before answering, so that an upstream that fails at once gets a real
+            # HTTP status (502/504/429) instead of a 200 followed by an error event.
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            limiter.close_stream(principal.key_id)
+            await events.aclose()
+            raise
+        return StreamingResponse(
+            self._relay(ctx, ran, first, events, principal),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **self.pipeline.headers(ctx)},
+        )
+
+    async def _relay(
+        self,
+        ctx: RequestContext,
+        ran: list[Any],
+        first: dict[str, Any] | None,
+        events: AsyncIterator[dict[str, Any]],
+        principal: Principal,
+    ) -> AsyncIterator[bytes]:
+        parts: list[str] = []
+        finish: str | None = None
+        usage: dict[str, Any] = {}
+        completed = False
+        try:
+            if first is not None:
+                if ctx.user is not None:
+                    first = {**first, "rapport": self.pipeline.extension(ctx)}
+                finish = _collect(first, parts) or finish
+                yield _sse(first)
+                async for event in events:
+                    finish = _collect(event, parts) or finish
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    yield _sse(event)
+            completed = True
+        except RapportError as exc:
+            # Mid-stream failure: end with an error event the SDKs raise on, then close. Never hang.
+            yield _sse(exc.to_body())
+        finally:
+            self.services.limiter.close_stream(principal.key_id)
+            await _aclose(events)
+        yield b"data: [DONE]\n\n"
+        if completed:
+            self._count_tokens(ctx.model, usage)
+            self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, "".join(parts), ctx.model, finish, usage))
+
+    def _count_tokens(self, model: str, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        for kind in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(kind)
+            if isinstance(value, int) and value > 0:
+                self.services.metrics.tokens.labels(model, kind.removesuffix("_tokens")).inc(value)
+
+
+def _collect(event: dict[str, Any], parts: list[str]) -> str | None:
+    finish = None
+    for choice in event.get("choices") or []:
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        finish = choice.get("finish_reason") or finish
+    return finish
+
+
+async def _aclose(events: AsyncIterator[dict[str, Any]]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # the stream is already broken; closing it must not mask that
+            pass
+

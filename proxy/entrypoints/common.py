@@ -1,0 +1,75 @@
+"""Request parsing and checks shared by the OpenAI-compatible endpoints."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from proxy.errors import InvalidRequest
+
+T = TypeVar("T", bound=BaseModel)
+
+# Fields that would let a client pick where Rapport sends traffic or with which credentials: Rapport would
+# become an open relay or an SSRF hop, so they are refused outright (OWASP LLM10 / SSRF).
+FORBIDDEN_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "custom_llm_provider",
+        "litellm_params",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "vertex_credentials",
+        "azure_ad_token",
+        "extra_headers",
+        "mock_response",
+    }
+)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        raise InvalidRequest("Request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Malformed JSON in request body: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
+    for name in FORBIDDEN_FIELDS.intersection(body):
+        raise InvalidRequest(
+            f"'{name}' cannot be set by clients: upstream routing and credentials come from Rapport's config.",
+            param=name,
+            code="forbidden_parameter",
+        )
+    return body
+
+
+def loc_to_param(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("body",):
+            continue
+        else:
+            # Pydantic names union branches by type ('str', 'list[...]'): not part of the client's path.
+            if parts and isinstance(item, str) and (item in {"str", "int", "float", "bool"} or "[" in item):
+                continue
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "body"
+
+
+def validate(model: type[T], body: dict[str, Any]) -> T:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = loc_to_param(tuple(first["loc"]))
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param, code="invalid_value") from exc

@@ -1,0 +1,94 @@
+"""Runs the stages around one upstream call and reports what each did."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from proxy.errors import RapportError
+from proxy.pipeline.context import Exchange, RequestContext, StageReport
+from proxy.pipeline.stage import GeneratingStage, Stage
+from proxy.services import Services
+
+log = logging.getLogger("rapport.pipeline")
+
+
+class Pipeline:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def active(self, ctx: RequestContext) -> list[Stage]:
+        if ctx.user is None:
+            return []
+        return [stage for stage in self._services.stages() if stage.wants(ctx)]
+
+    async def before(self, ctx: RequestContext) -> list[Stage]:
+        """Run each wanted stage's rewrite. A stage that breaks is skipped and reported, not fatal,
+        unless it rejects the request itself (a RapportError such as a bad option: the client's to fix)."""
+        ran: list[Stage] = []
+        for stage in self.active(ctx):
+            started = time.perf_counter()
+            try:
+                detail = await stage.before(ctx)
+            except RapportError:
+                raise
+            except Exception as exc:
+                log.exception("stage %s failed before the upstream call", stage.name)
+                ctx.degraded.append(f"{stage.name}: {exc.__class__.__name__}")
+                ctx.reports.append(StageReport(stage.name, False, _ms(started), {"error": str(exc)[:200]}))
+                continue
+            elapsed = time.perf_counter() - started
+            self._services.metrics.stage_latency.labels(stage.name).observe(elapsed)
+            ctx.reports.append(StageReport(stage.name, True, elapsed * 1000.0, detail or {}))
+            ran.append(stage)
+        return ran
+
+    def generator(self, ctx: RequestContext, ran: list[Stage]) -> GeneratingStage | None:
+        for stage in ran:
+            if isinstance(stage, GeneratingStage) and stage.generates(ctx):
+                return stage
+        return None
+
+    def after(self, ctx: RequestContext, ran: list[Stage], exchange: Exchange) -> None:
+        """Schedule learning from the exchange off the request path."""
+        if not ran or not ctx.options.record:
+            return
+        for stage in ran:
+            self._services.background.spawn(_safe_after(stage, ctx, exchange), name=f"after-{stage.name}")
+
+    @staticmethod
+    def extension(ctx: RequestContext) -> dict[str, Any]:
+        return {
+            "request_id": ctx.request_id,
+            "user": ctx.user,
+            "stages": [
+                {"name": r.name, "ran": r.ran, "duration_ms": round(r.duration_ms, 3), "detail": r.detail}
+                for r in ctx.reports
+            ],
+            "degraded": list(ctx.degraded),
+            "overhead_ms": round(sum(r.duration_ms for r in ctx.reports), 3),
+        }
+
+    @staticmethod
+    def headers(ctx: RequestContext) -> dict[str, str]:
+        headers = {"x-rapport-request-id": ctx.request_id}
+        if ctx.user is None:
+            return headers
+        headers["x-rapport-stages"] = ",".join(r.name for r in ctx.reports if r.ran) or "none"
+        if ctx.reports:
+            headers["server-timing"] = ", ".join(f"{r.name};dur={r.duration_ms:.2f}" for r in ctx.reports)
+        if ctx.degraded:
+            headers["x-rapport-degraded"] = "; ".join(ctx.degraded)[:512]
+        return headers
+
+
+async def _safe_after(stage: Stage, ctx: RequestContext, exchange: Exchange) -> None:
+    try:
+        await stage.after(ctx, exchange)
+    except Exception:
+        log.exception("stage %s failed to record the exchange", stage.name)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

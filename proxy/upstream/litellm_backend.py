@@ -1,0 +1,104 @@
+"""Calls through litellm, for every provider it knows (Anthropic, Bedrock, Vertex, OpenAI, vLLM, ...)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.settings import ModelEntry
+from proxy.upstream.base import UpstreamFailure
+
+# litellm fetches a cost map over the network at import unless told otherwise; this machine has no network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+_litellm: Any = None
+
+
+def _lib() -> Any:
+    """Import litellm on first use: it is slow to import and many deployments only use the fast path."""
+    global _litellm
+    if _litellm is None:
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        _litellm = litellm
+    return _litellm
+
+
+def _failure(exc: Exception) -> UpstreamFailure:
+    lib = _lib()
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc)
+    if isinstance(exc, lib.exceptions.Timeout):
+        return UpstreamFailure(f"upstream timed out: {message}", timeout=True)
+    if isinstance(exc, lib.exceptions.APIConnectionError) and status in (None, 500):
+        return UpstreamFailure(f"cannot reach upstream: {message}")
+    return UpstreamFailure(message, status=int(status) if isinstance(status, int) else 502)
+
+
+def _kwargs(entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
+    params = entry.litellm_params
+    kwargs: dict[str, Any] = dict(params.model_extra or {})
+    kwargs.update(body)
+    kwargs["model"] = params.model
+    kwargs["timeout"] = params.timeout
+    # Retries and fallbacks are the router's job, so litellm's own are off.
+    kwargs["num_retries"] = 0
+    if params.api_base:
+        kwargs["api_base"] = params.api_base
+    key = params.resolved_api_key()
+    if key:
+        kwargs["api_key"] = key
+    if "user" in body:
+        # litellm forwards `user` only for models it knows as OpenAI's unless the param is allowed explicitly.
+        allowed = list(kwargs.get("allowed_openai_params") or [])
+        kwargs["allowed_openai_params"] = [*allowed, "user"]
+    return kwargs
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    dumped: dict[str, Any] = obj.model_dump(exclude_none=False)
+    return dumped
+
+
+class LiteLLMBackend:
+    async def request(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        lib = _lib()
+        kwargs = _kwargs(entry, body)
+        try:
+            if path == "chat/completions":
+                result = await lib.acompletion(**kwargs)
+            elif path == "completions":
+                result = await lib.atext_completion(**kwargs)
+            elif path == "embeddings":
+                result = await lib.aembedding(**kwargs)
+            else:
+                raise UpstreamFailure(f"unsupported upstream path {path}", status=400)
+        except UpstreamFailure:
+            raise
+        except Exception as exc:
+            raise _failure(exc) from exc
+        return _dump(result)
+
+    async def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        lib = _lib()
+        kwargs = _kwargs(entry, body)
+        kwargs["stream"] = True
+        try:
+            if path == "chat/completions":
+                response = await lib.acompletion(**kwargs)
+            else:
+                response = await lib.atext_completion(**kwargs)
+            async for chunk in response:
+                yield _dump(chunk)
+        except UpstreamFailure:
+            raise
+        except Exception as exc:
+            raise _failure(exc) from exc
+
+    async def close(self) -> None:
+        return None

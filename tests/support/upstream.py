@@ -1,0 +1,193 @@
+"""A scripted OpenAI-compatible upstream on a real socket.
+
+It records every request it receives and answers from a script, so tests can show what a real model
+cannot: a 500, a 429 then success, a hang, a stream cut mid-way, a client that goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.support.servers import ThreadedServer
+
+
+@dataclass
+class Reply:
+    """One scripted answer. kind: ok | error | hang | stream | cut_stream | slow_stream."""
+
+    kind: str = "ok"
+    content: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    chunks: list[str] | None = None
+    cut_after: int = 2
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+
+
+def completion(content: str, model: str, *, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+        message["content"] = None
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else "[parts]"
+    return ""
+
+
+class ScriptedUpstream:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._script: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self.cancelled = threading.Event()
+        self.release = asyncio.Event()  # never set by default: a hang lasts until the client gives up
+        self._server = ThreadedServer(
+            Starlette(
+                routes=[
+                    Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                    Route("/v1/completions", self._completions, methods=["POST"]),
+                    Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+                    Route("/v1/models", self._models, methods=["GET"]),
+                ]
+            )
+        )
+        self.base_url = f"{self._server.url}/v1"
+
+    def start(self) -> ScriptedUpstream:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def script(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+        self.cancelled.clear()
+
+    def _next(self) -> Reply:
+        with self._lock:
+            return self._script.popleft() if self._script else Reply()
+
+    async def _record(self, request: Request) -> dict[str, Any]:
+        body = orjson.loads(await request.body())
+        with self._lock:
+            self.requests.append(Received(request.url.path, dict(request.headers), body))
+        return body
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._record(request)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(len(str(x)))]} for i, x in enumerate(inputs)]
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model"), "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    async def _completions(self, request: Request) -> Response:
+        body = await self._record(request)
+        reply = self._next()
+        if reply.kind == "error":
+            return JSONResponse(reply.body or {"error": {"message": "scripted failure"}}, status_code=reply.status, headers=reply.headers)
+        text = reply.content if reply.content is not None else f"completed: {body.get('prompt')}"
+        return JSONResponse(
+            {
+                "id": "cmpl-scripted",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            }
+        )
+
+    async def _chat(self, request: Request) -> Response:
+        body = await self._record(request)
+        reply = self._next()
+        model = str(body.get("model"))
+        if reply.kind == "error":
+            return JSONResponse(
+                reply.body or {"error": {"message": f"scripted HTTP {reply.status}", "type": "server_error"}},
+                status_code=reply.status,
+                headers=reply.headers,
+            )
+        if reply.kind == "hang":
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return JSONResponse(completion("released", model))
+        content = reply.content if reply.content is not None else f"echo: {_last_user_text(body)}"
+        if body.get("stream") or reply.kind in ("stream", "cut_stream", "slow_stream"):
+            return StreamingResponse(self._stream(body, reply, content, model), media_type="text/event-stream")
+        if reply.body is not None:
+            return JSONResponse(reply.body)
+        return JSONResponse(completion(content, model))
+
+    async def _stream(self, body: dict[str, Any], reply: Reply, content: str, model: str) -> Any:
+        pieces = reply.chunks or [content[i : i + 4] for i in range(0, len(content), 4)] or [""]
+        try:
+            yield b"data: " + orjson.dumps(chunk(model, {"role": "assistant", "content": ""})) + b"\n\n"
+            for i, piece in enumerate(pieces):
+                if reply.kind == "cut_stream" and i == reply.cut_after:
+                    # Drop the connection without [DONE], as a crashed upstream would.
+                    raise ConnectionResetError("scripted cut")
+                if reply.kind == "slow_stream" and i == reply.cut_after:
+                    await self.release.wait()
+                yield b"data: " + orjson.dumps(chunk(model, {"content": piece})) + b"\n\n"
+            final = chunk(model, {}, "stop")
+            yield b"data: " + orjson.dumps(final) + b"\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {**chunk(model, {}), "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": len(pieces), "total_tokens": 10 + len(pieces)}}
+                yield b"data: " + orjson.dumps(usage) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
