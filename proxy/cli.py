@@ -113,6 +113,8 @@ def serve(
     )
     # Workers re-create the settings from the environment, so hand the resolved values down that way.
     os.environ["RAPPORT_DATA_DIR"] = str(settings.data_dir.resolve())
+    if config is not None:
+        os.environ["RAPPORT_CONFIG"] = str(config.resolve())
     import uvicorn
 
     try:

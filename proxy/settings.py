@@ -6,6 +6,7 @@ Environment wins over the file; nested fields use `__` (for example `RAPPORT_SER
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from reasoning.vas.config import VASSettings
 
 ENV_PREFIX = "RAPPORT_"
 LOCAL_MODEL_NAME = "smollm2"
+# The YAML file of the settings being built: an explicit file (load_settings) wins over RAPPORT_CONFIG.
+_config_file: ContextVar[str | None] = ContextVar("rapport_config_file", default=None)
 
 
 class ConfigError(Exception):
@@ -193,7 +196,7 @@ class RapportSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        config_file = _config_file.get() or os.environ.get(f"{ENV_PREFIX}CONFIG")
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
@@ -209,13 +212,17 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> RapportSettings:
     """Build the settings from file + env (+ explicit overrides), raising ConfigError with field paths."""
+    resolved: str | None = None
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"invalid configuration: config file {str(path)!r} does not exist")
-        os.environ[f"{ENV_PREFIX}CONFIG"] = str(path.resolve())
-    origin = os.environ.get(f"{ENV_PREFIX}CONFIG") or "environment"
+        resolved = str(path.resolve())
+    origin = resolved or os.environ.get(f"{ENV_PREFIX}CONFIG") or "environment"
+    token = _config_file.set(resolved)
     try:
         return RapportSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, origin)) from exc
+    finally:
+        _config_file.reset(token)
