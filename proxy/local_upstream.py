@@ -65,7 +65,7 @@ def wait_ready(base_url: str, process: subprocess.Popen[bytes] | None, timeout: 
 def start_llama_server(
     model: Path, host: str = "127.0.0.1", port: int = 8081, n_ctx: int = 4096, n_threads: int = 2, log_file: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     process = subprocess.Popen(
         llama_server_command(model, host, port, n_ctx, n_threads), stdout=out, stderr=subprocess.STDOUT
     )

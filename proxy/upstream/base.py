@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from proxy.settings import ModelEntry
@@ -41,7 +41,7 @@ class Backend(Protocol):
         """POST a non-streaming request (path: chat/completions, completions, embeddings)."""
         ...
 
-    def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """POST a streaming request and yield each SSE data object."""
         ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -73,7 +73,7 @@ class HttpxBackend:
             raise UpstreamFailure("upstream returned a body that is not a JSON object", status=502)
         return payload
 
-    async def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         url, headers, content = self._prepare(entry, path, body)
         request = self._client.build_request("POST", url, headers=headers, content=content, timeout=self._timeout(entry))
         try:

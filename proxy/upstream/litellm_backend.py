@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy.settings import ModelEntry
@@ -84,7 +84,7 @@ class LiteLLMBackend:
             raise _failure(exc) from exc
         return _dump(result)
 
-    async def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         lib = _lib()
         kwargs = _kwargs(entry, body)
         kwargs["stream"] = True

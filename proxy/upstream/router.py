@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from memory.llm import LLMResult
-from proxy.errors import InvalidRequest, ModelNotFound, RapportError, RateLimited, UpstreamError, UpstreamTimeout
+from proxy.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    RapportError,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.settings import ModelEntry, RapportSettings
 from proxy.upstream.base import Backend, UpstreamFailure
 from proxy.upstream.httpx_backend import HttpxBackend

@@ -118,7 +118,7 @@ class ChatServing:
             first = None
         except BaseException:
             limiter.close_stream(principal.key_id)
-            await events.aclose()
+            await _aclose(events)
             raise
         return StreamingResponse(
             self._relay(ctx, ran, first, events, principal),
