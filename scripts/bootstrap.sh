@@ -29,15 +29,16 @@ export PIP_PROGRESS_BAR=off
 
 if [[ ",$EXTRAS," == *",local,"* ]]; then
   # llama.cpp builds from source. -march=native can emit instructions (AMX) that the VM traps on, and a
-  # CI machine may have another CPU, so build a portable AVX2 wheel once into .wheels/ and reuse it.
+  # CI machine may have another CPU, so build a portable AVX2 wheel once into a cache dir and reuse it.
   LLAMA_VERSION=0.3.36
-  if ! ls .wheels/llama_cpp_python-${LLAMA_VERSION}-*.whl >/dev/null 2>&1; then
+  WHEELS="${RAPPORT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rapport/wheels}"
+  if ! ls "$WHEELS"/llama_cpp_python-${LLAMA_VERSION}-*.whl >/dev/null 2>&1; then
     echo "bootstrap: building llama-cpp-python ${LLAMA_VERSION} (portable AVX2; about 5 minutes on 2 cores)" >&2
-    mkdir -p .wheels
+    mkdir -p "$WHEELS"
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-      "${PIP[@]}" wheel -q --no-cache-dir --no-deps -w .wheels "llama-cpp-python==${LLAMA_VERSION}"
+      "${PIP[@]}" wheel -q --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==${LLAMA_VERSION}"
   fi
-  "${PIP[@]}" install -q .wheels/llama_cpp_python-${LLAMA_VERSION}-*.whl
+  "${PIP[@]}" install -q "$WHEELS"/llama_cpp_python-${LLAMA_VERSION}-*.whl
 fi
 
 "${PIP[@]}" install -q -e ".[${EXTRAS}]"
