@@ -2,8 +2,41 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 
 class RPMSettings(BaseModel):
     enabled_by_default: bool = False
+    # Where the feature/factor/path store lives; None: `<data_dir>/rpm`.
+    store_dir: Path | None = None
+    # A folder of prompt files (`extract.txt`, `reasoning.txt`, `generate.txt`) that override the packaged ones.
+    prompts_dir: Path | None = None
+    # Which model writes extractions and reasoning paths; None: the default upstream.
+    utility_model: str | None = None
+    # Offline extraction: "llm" (the paper's structured extraction, cheap extractor as fallback) or "cheap".
+    construction_mode: Literal["llm", "cheap"] = "llm"
+    # Request-time extraction: "llm" within the latency budget, "cheap" always, "auto" = llm then cheap.
+    request_mode: Literal["llm", "cheap", "auto"] = "auto"
+    request_budget_ms: int = Field(default=1500, ge=0, le=60_000)
+    top_k: int = Field(default=3, ge=0, le=20)
+    max_factors_in_prompt: int = Field(default=6, ge=0, le=50)
+    max_features_per_entry: int = Field(default=6, ge=1, le=30)
+    # Cosine distance under which two features belong to the same factor (agglomerative, average linkage).
+    cluster_distance: float = Field(default=0.45, gt=0.0, lt=2.0)
+    # Minimum number of history entries in which a factor must appear to be shown to the upstream.
+    min_factor_support: int = Field(default=1, ge=1)
+    # Keyphrases the cheap extractor keeps per input.
+    cheap_keyphrases: int = Field(default=4, ge=1, le=20)
+    # How many malformed outputs to retry before skipping an entry (the paper's robustness rule: once).
+    # Keep only extracted features whose value or evidence can be found in the input (no invented records).
+    require_grounding: bool = True
+    llm_retries: int = Field(default=1, ge=0, le=3)
+    extract_max_tokens: int = Field(default=256, ge=16)
+    reasoning_max_tokens: int = Field(default=200, ge=16)
+    # Return the model's reasoning to the client by default, or keep it out of the final message.
+    return_reasoning: bool = False
+    # Entries processed per background job step (progress is reported after each).
+    batch_size: int = Field(default=8, ge=1, le=256)
