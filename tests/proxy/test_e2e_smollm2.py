@@ -8,10 +8,11 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture()
-def smol_rapport(make_rapport, smollm2_url):
+@pytest.fixture(params=[True, False], ids=["httpx-fast-path", "litellm"])
+def smol_rapport(request, make_rapport, smollm2_url):
     return make_rapport(
         upstream_url=smollm2_url,
+        upstream={"fast_path": request.param},
         model_list=[
             {
                 "model_name": "smollm2",
