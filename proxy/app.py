@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -67,6 +68,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(RapportError("Internal server error.", code="internal_error"))
 
 
+def _install_openapi(app: FastAPI) -> None:
+    """Publish a self-contained spec: request bodies given as inline pydantic JSON schemas carry their nested
+    models in `$defs` while their `$ref`s point at `#/components/schemas/...`; hoist those definitions there,
+    or clients and fuzzers see dangling references (and, for example, no chat request body at all)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                content = (operation.get("requestBody") or {}).get("content") or {}
+                for media in content.values():
+                    schema = media.get("schema") or {}
+                    for name, definition in (schema.pop("$defs", None) or {}).items():
+                        components.setdefault(name, definition)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLUGINS) -> FastAPI:
     services = Services.build(settings)
     services.upstream.observe = lambda model, seconds: services.metrics.upstream_latency.labels(model).observe(seconds)
@@ -89,6 +114,7 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
     app.state.services = services
     app.state.chat_serving = ChatServing(services)
     _install_error_handlers(app)
+    _install_openapi(app)
     for router in (chat_router, completions_router, embeddings_router, models_router, health_router):
         app.include_router(router)
     for plugin in services.plugins:
