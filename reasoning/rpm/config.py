@@ -25,7 +25,7 @@ class RPMSettings(BaseModel):
     max_factors_in_prompt: int = Field(default=6, ge=0, le=50)
     max_features_per_entry: int = Field(default=6, ge=1, le=30)
     # Cosine distance under which two features belong to the same factor (agglomerative, average linkage).
-    cluster_distance: float = Field(default=0.45, gt=0.0, lt=2.0)
+    cluster_distance: float = Field(default=0.5, gt=0.0, lt=2.0)
     # Minimum number of history entries in which a factor must appear to be shown to the upstream.
     min_factor_support: int = Field(default=1, ge=1)
     # Keyphrases the cheap extractor keeps per input.

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 OPEN, CLOSE = "<reasoning>", "</reasoning>"
-_BLOCK = re.compile(r"<reasoning>.*?</reasoning>", re.DOTALL | re.IGNORECASE)
+_BLOCK = re.compile(r"<reasoning>.*?</reasoning>\s*", re.DOTALL | re.IGNORECASE)
 
 REASONING_INSTRUCTION = (
     f"Write that reasoning between {OPEN} and {CLOSE}, then give your final answer after {CLOSE}."
@@ -85,22 +85,24 @@ class ReasoningStreamFilter:
             start = lowered.find(OPEN)
             stray = lowered.find(CLOSE)
             if stray != -1 and (start == -1 or stray < start):
-                shown.append(self._buffer[:stray])
+                shown.append(self._show(self._buffer[:stray]))
                 self._buffer = self._buffer[stray + len(CLOSE) :]
+                self._trim_next = True
                 continue
             if start != -1:
-                shown.append(self._buffer[:start])
+                shown.append(self._show(self._buffer[:start]))
                 self._buffer = self._buffer[start + len(OPEN) :]
                 self._inside = True
                 continue
             keep = _partial_suffix(self._buffer, (OPEN, CLOSE))
             cut = len(self._buffer) - keep
-            shown.append(self._buffer[:cut])
+            shown.append(self._show(self._buffer[:cut]))
             self._buffer = self._buffer[cut:]
             break
-        return self._show("".join(shown))
+        return "".join(shown)
 
     def _show(self, text: str) -> str:
+        # Whitespace right after a removed block (or at the very start) is dropped, as strip_reasoning does.
         if self._trim_next or not self._emitted:
             text = text.lstrip()
             if text:

@@ -17,9 +17,12 @@ def features_json(*pairs: tuple[str, str]) -> str:
 
 @dataclass
 class ScriptedLLM:
-    """`rules`: (substring of the prompt, reply or list of successive replies). Unmatched prompts get `default`."""
+    """`rules`: (substring of an extraction prompt, reply or list of successive replies).
+    Other prompts (reasoning paths, anything unmatched) get `default`."""
 
     rules: list[tuple[str, str | list[str]]] = field(default_factory=list)
+    # Rules apply to extraction prompts only: a path prompt quotes the same input text.
+    marker: str = "features of it that influenced"
     default: str | Callable[[str], str] = '{"reasoning": "They weighed the features they always weigh."}'
     delay_s: float = 0.0
     calls: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -34,7 +37,7 @@ class ScriptedLLM:
             await asyncio.sleep(self.delay_s)  # the fake model's latency, to exercise the request budget
         prompt = messages[0]["content"]
         for needle, replies in self.rules:
-            if needle in prompt:
+            if needle in prompt and self.marker in prompt:
                 if isinstance(replies, list):
                     # Successive calls on the same prompt (a retry) take the next reply; the last repeats.
                     n = sum(1 for c in self.calls if c[0]["content"] == prompt) - 1
