@@ -1,13 +1,180 @@
-"""rpm plugin (placeholder until the rpm stage lands): contributes no stage yet."""
+"""RPM plugin: the reasoning-path conditioning stage, its background construction job and admin API.
+
+Reuses the shared embedder and job queue that the memory plugin builds (built here if memory is off).
+Keeping the model's reasoning out of the answer: when a request does not ask for the reasoning, `before`
+sets `ctx.state["rpm"]["strip_reasoning"] = True`; the chat serving then passes the final text through
+`finalize_text(ctx, text)` and streamed deltas through `stream_filter(ctx)` (both below).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+
+from proxy.errors import InvalidRequest
+from proxy.pipeline.context import Exchange, RequestContext
+from reasoning.rpm.engine import RPMEngine
+from reasoning.rpm.generate import ReasoningStreamFilter, inject_system, last_user_text, strip_reasoning
+from reasoning.rpm.models import HistoryItem, RPMRequestOptions
 
 if TYPE_CHECKING:
+    from memory.jobs import Job, Progress
     from proxy.plugins import Plugin
     from proxy.services import Services
 
+log = logging.getLogger("rapport.rpm")
+
+JOB_KIND = "rpm.build"
+
+
+def finalize_text(ctx: RequestContext, text: str) -> str:
+    """The final message as the client should see it (reasoning removed unless the request asked for it)."""
+    return strip_reasoning(text) if ctx.state.get("rpm", {}).get("strip_reasoning") else text
+
+
+def stream_filter(ctx: RequestContext) -> ReasoningStreamFilter | None:
+    """A per-stream filter for content deltas, or None when nothing needs removing."""
+    return ReasoningStreamFilter() if ctx.state.get("rpm", {}).get("strip_reasoning") else None
+
+
+def parse_options(value: bool | dict[str, Any] | None) -> RPMRequestOptions:
+    if not isinstance(value, dict):
+        return RPMRequestOptions()
+    try:
+        return RPMRequestOptions.model_validate(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidRequest(
+            f"Invalid rapport.rpm option {where!r}: {err['msg']}", param=f"rapport.rpm.{where}".rstrip(".")
+        ) from exc
+
+
+class RPMStage:
+    name = "rpm"
+
+    def __init__(self, plugin: RPMPlugin) -> None:
+        self._plugin = plugin
+        self._settings = plugin.services.settings
+
+    def conditioning(self, ctx: RequestContext) -> bool:
+        """Whether this request is conditioned: the request's choice, else the model's default."""
+        if ctx.options.rpm is not None:
+            return ctx.options.rpm is not False
+        entry = self._settings.model(ctx.model)
+        return bool(entry is not None and entry.personalization.rpm) or self._settings.rpm.enabled_by_default
+
+    def wants(self, ctx: RequestContext) -> bool:
+        if ctx.user is None or ctx.options.rpm is False:
+            return False
+        if self.conditioning(ctx):
+            return True
+        # Not conditioning, but still learning from the exchange (as memory does).
+        return self._settings.rpm.learn_from_exchanges == "always" and ctx.options.record
+
+    async def before(self, ctx: RequestContext) -> dict[str, Any]:
+        options = parse_options(ctx.options.rpm)
+        assert ctx.user is not None
+        if not self.conditioning(ctx):
+            return {"conditioned": False, "learning": True}
+        query = self._query(ctx)
+        cond = await self._plugin.engine.condition(ctx.tenant, ctx.user, query, options)
+        strip = not cond.details.get("return_reasoning", False)
+        ctx.state["rpm"] = {"strip_reasoning": strip and cond.system is not None}
+        if cond.system is not None:
+            self._inject(ctx, cond.system)
+        return {"conditioned": cond.system is not None, **cond.details}
+
+    @staticmethod
+    def _query(ctx: RequestContext) -> str:
+        if ctx.endpoint == "chat":
+            return last_user_text(ctx.body.get("messages") or [])
+        prompt = ctx.body.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+
+    @staticmethod
+    def _inject(ctx: RequestContext, system: str) -> None:
+        if ctx.endpoint == "chat":
+            ctx.body["messages"] = inject_system(ctx.body.get("messages") or [], system)
+        elif isinstance(ctx.body.get("prompt"), str):
+            ctx.body["prompt"] = f"{system}\n\n{ctx.body['prompt']}"
+
+    async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
+        mode = self._settings.rpm.learn_from_exchanges
+        if ctx.user is None or mode == "never" or (mode == "when_enabled" and not self.conditioning(ctx)):
+            return
+        text = last_user_text(exchange.messages).strip()
+        answer = strip_reasoning(exchange.response_text or "").strip()
+        limit = self._settings.rpm.max_exchange_chars
+        if not text or not answer or len(text) > limit or len(answer) > limit:
+            return
+        item = HistoryItem(input=text, response=answer, task=ctx.options.task)
+        await self._plugin.engine.add_history(ctx.tenant, ctx.user, [item], source="exchange")
+        await self._plugin.schedule(ctx.tenant, ctx.user)
+
+
+class RPMPlugin:
+    name = "rpm"
+
+    def __init__(self, services: Services, engine: RPMEngine, owns_jobs: bool) -> None:
+        self.services = services
+        self.engine = engine
+        self._owns_jobs = owns_jobs
+        self._stage = RPMStage(self)
+        services.jobs.register(JOB_KIND, self._run_job)
+        services.jobs.on_forget("rpm", self._forget)
+
+    def stages(self) -> list[Any]:
+        return [self._stage]
+
+    def routers(self) -> list[APIRouter]:
+        from proxy.entrypoints.admin.rpm.api_router import build_router
+
+        return [build_router(self)]
+
+    async def start(self) -> None:
+        if self._owns_jobs:
+            await self.services.jobs.start()
+
+    async def close(self) -> None:
+        if self._owns_jobs:
+            await self.services.jobs.close()
+        self.engine.close()
+
+    async def ready(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    async def schedule(self, tenant: str, user: str, *, rebuild: bool = False, mode: str | None = None) -> str:
+        """Queue (incremental) construction for a user; pending duplicates collapse into one job."""
+        payload: dict[str, Any] = {"rebuild": rebuild, "mode": mode}
+        key = None if rebuild else f"{JOB_KIND}:{tenant}:{user}"
+        job_id: str = await self.services.jobs.enqueue(JOB_KIND, payload, tenant=tenant, user=user, dedupe_key=key)
+        return job_id
+
+    async def _run_job(self, job: Job, progress: Progress) -> None:
+        async def report(done: int, total: int) -> None:
+            await progress(done / max(total, 1), f"{done}/{total} steps")
+
+        result = await self.engine.build(
+            job.tenant, job.user, mode=job.payload.get("mode"), rebuild=bool(job.payload.get("rebuild")),
+            progress=report,
+        )
+        await progress(1.0, f"{result.extracted} extracted, {result.skipped} skipped, {result.factors} factors")
+
+    async def _forget(self, tenant: str, user: str) -> dict[str, int]:
+        return {"entries": await self.engine.forget(tenant, user)}
+
 
 def build(services: Services) -> Plugin | None:
-    return None
+    from proxy.stages.memory_plugin import build_shared
+
+    owns_jobs = services.jobs is None
+    build_shared(services)
+    settings = services.settings
+    llm = services.utility_llm(settings.rpm.utility_model) if settings.model_list else None
+    engine = RPMEngine.open(settings.rpm, settings.data_dir, services.embedder, llm)
+    plugin: Any = RPMPlugin(services, engine, owns_jobs)
+    return plugin  # type: ignore[no-any-return]

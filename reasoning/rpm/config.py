@@ -38,5 +38,8 @@ class RPMSettings(BaseModel):
     reasoning_max_tokens: int = Field(default=200, ge=16)
     # Return the model's reasoning to the client by default, or keep it out of the final message.
     return_reasoning: bool = False
-    # Entries processed per background job step (progress is reported after each).
-    batch_size: int = Field(default=8, ge=1, le=256)
+    # Learn from chat exchanges: "always" (every recorded exchange of a named user, as memory does),
+    # "when_enabled" (only requests where RPM conditioning is on) or "never" (imported history only).
+    learn_from_exchanges: Literal["always", "when_enabled", "never"] = "always"
+    # Exchanges longer than this are not learnt from (a pasted document is not a labelled decision).
+    max_exchange_chars: int = Field(default=4000, ge=100)

@@ -81,11 +81,12 @@ class Builder:
         async def tick(step: int = 1) -> None:
             nonlocal done
             done += step
-            await asyncio.to_thread(self.store.set_build, tenant, user, "running", done, total)
             if progress is not None:
+                # First: a progress callback may cancel the build (the user was forgotten meanwhile).
                 out = progress(done, total)
                 if inspect.isawaitable(out):
                     await out
+            await asyncio.to_thread(self.store.set_build, tenant, user, "running", done, total)
 
         await asyncio.to_thread(self.store.set_build, tenant, user, "running", 0, total)
         for entry in await asyncio.to_thread(self.store.entries, tenant, user, ids=pending):

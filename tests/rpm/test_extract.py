@@ -7,9 +7,8 @@ import logging
 import pytest
 
 from reasoning.rpm.extract import KeyphraseExtractor, LLMFeatureExtractor
-from reasoning.rpm.models import HistoryItem
+from reasoning.rpm.models import Extraction, HistoryItem
 from reasoning.rpm.parsing import MalformedOutput, parse_model
-from reasoning.rpm.models import Extraction
 from reasoning.rpm.prompts import PromptLibrary
 from tests.rpm.fakes import ScriptedLLM, features_json
 

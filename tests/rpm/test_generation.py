@@ -53,7 +53,7 @@ async def test_feature_retrieval_disagrees_with_text_retrieval(make_engine, embe
     details: dict = {}
     hits, feats = await engine.retrieve("t", "u", QUERY, engine.resolve(RPMRequestOptions(top_k=3, mode="llm")), details)
     assert details["retrieval"] == "features" and details["extractor"] == "llm"
-    assert [h.entry_id for h in hits][0] == ids[MATCH]
+    assert next(h.entry_id for h in hits) == ids[MATCH]
     assert hits[0].score > hits[1].score
     assert {(f.name, f.value) for f in feats} == {("cuisine", "seafood"), ("price", "expensive")}
 
