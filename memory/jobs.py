@@ -135,6 +135,7 @@ class JobQueue:
         self._wake: asyncio.Event | None = None
         self._cancelled: set[str] = set()
         self._closed = False
+        self._shut = False
 
     # -- registration -------------------------------------------------------------------------------
 
@@ -228,7 +229,8 @@ class JobQueue:
 
         def query(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
             rows = conn.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ? OFFSET ?", (*args, limit, offset)
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
             total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
             return rows, int(total)
@@ -237,7 +239,9 @@ class JobQueue:
         return [_row_to_job(r) for r in rows], total
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._run(lambda c: c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        rows = await self._run(
+            lambda c: c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        )
         return {str(r[0]): int(r[1]) for r in rows}
 
     async def wait(self, job_id: str, within: float = 60.0, interval: float = 0.05) -> Job | None:
@@ -282,14 +286,21 @@ class JobQueue:
             return
         # Jobs left running by a crash are resumed: their attempt did not finish.
         await self._run(
-            lambda c: c.execute("UPDATE jobs SET status='pending', updated_at=? WHERE status='running'", (time.time(),))
+            lambda c: c.execute(
+                "UPDATE jobs SET status='pending', updated_at=? WHERE status='running'", (time.time(),)
+            )
         )
         self._wake = asyncio.Event()
         self._closed = False
         for i in range(self._workers):
-            self._tasks.append(asyncio.get_running_loop().create_task(self._worker(), name=f"rapport-job-{i}"))
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self._worker(), name=f"rapport-job-{i}")
+            )
 
     async def close(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
         self._closed = True
         if self._wake is not None:
             self._wake.set()

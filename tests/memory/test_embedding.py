@@ -8,7 +8,9 @@ from memory.embedding import SentenceTransformerEmbedder
 
 
 async def test_embeds_normalized_rows_with_semantic_order(embedder: SentenceTransformerEmbedder) -> None:
-    vectors = await embedder.embed(["I love hiking in the mountains", "Mountain trekking is my hobby", "Tax forms"])
+    vectors = await embedder.embed(
+        ["I love hiking in the mountains", "Mountain trekking is my hobby", "Tax forms"]
+    )
     assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2

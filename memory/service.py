@@ -1,0 +1,354 @@
+"""The memory service: ingest, retrieve + compose, admin operations and forgetting, over one store.
+
+Blocking calls (Chroma, SQLite) run in a small thread pool; embedding runs in the embedder's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory.catalog import Catalog, Summary, UserRecord
+from memory.compose import Composer, merge_system
+from memory.config import MemorySettings
+from memory.embedding import Embedder
+from memory.items import MemoryItem
+from memory.jobs import JobQueue
+from memory.llm import ChatLLM
+from memory.redact import Redactor, regex_redactor
+from memory.retrieval import mmr, score
+from memory.store import ChromaStore, MemoryStore
+from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
+
+log = logging.getLogger("rapport.memory")
+T = TypeVar("T")
+
+
+class MemoryOptions(BaseModel):
+    """Per-request memory options (`extra_body={"rapport": {"memory": {...}}}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(default=None, ge=0, le=100)
+    budget: int | None = Field(default=None, ge=0, le=100_000)
+    summary: bool = True
+    task: str | None = Field(default=None, min_length=1, max_length=64)
+    store: bool = True
+
+
+@dataclass(slots=True)
+class Retrieval:
+    task: str
+    items: list[MemoryItem] = field(default_factory=list)
+    summary: Summary | None = None
+    block: str = ""
+    tokens: int = 0
+    candidates: int = 0
+    ms: float = 0.0
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "items": len(self.items),
+            "item_ids": [it.id for it in self.items],
+            "summary_version": self.summary.version if self.summary else None,
+            "tokens_added": self.tokens,
+            "candidates": self.candidates,
+            "ms": round(self.ms, 3),
+        }
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)
+    return ""
+
+
+class MemoryService:
+    def __init__(
+        self,
+        settings: MemorySettings,
+        *,
+        data_dir: Any,
+        embedder: Embedder,
+        jobs: JobQueue,
+        llm_factory: Callable[[], ChatLLM] | None = None,
+        store: MemoryStore | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.jobs = jobs
+        root = data_dir / "memory"
+        if store is None:
+            if settings.store == "server":
+                store = ChromaStore(
+                    host=settings.chroma.host,
+                    port=settings.chroma.port,
+                    ssl=settings.chroma.ssl,
+                    headers=settings.chroma.headers,
+                    layout=settings.collection_layout,
+                    prefix=settings.collection_prefix,
+                )
+            else:
+                store = ChromaStore(
+                    path=root / "chroma", layout=settings.collection_layout, prefix=settings.collection_prefix
+                )
+        self.store: MemoryStore = store
+        self.catalog = Catalog(root / "catalog.sqlite3")
+        self.composer = Composer(settings.template_path)
+        self.tasks = TaskRouter(settings, embedder)
+        self.redactor = redactor if redactor is not None else (regex_redactor if settings.redact else None)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rapport-memory")
+        self._closed = False
+        if llm_factory is not None:
+            jobs.register(SUMMARY_JOB, make_handler(self, llm_factory))  # type: ignore[arg-type]
+        jobs.on_forget("memory", self._forget_stores)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        self.catalog.close()
+
+    # -- ingest -------------------------------------------------------------------------------------
+
+    def _prepare(self, text: str) -> str:
+        text = text.strip()[: self.settings.max_item_chars]
+        return self.redactor(text) if self.redactor else text
+
+    async def ingest(self, items: list[MemoryItem]) -> list[str]:
+        """Embed and store items (durable when this returns); returns ids newly stored (not duplicates)."""
+        prepared: list[MemoryItem] = []
+        for item in items:
+            text = self._prepare(item.text)
+            if text:
+                item.text = text
+                item.id = ""
+                item.__post_init__()
+                prepared.append(item)
+        if not prepared:
+            return []
+        vectors = await self.embedder.embed([it.text for it in prepared])
+        stored = await self._io(self.store.add, prepared, vectors)
+        users = {(it.tenant, it.user) for it in prepared}
+        for tenant, user in users:
+            added = sum(1 for it in prepared if it.id in stored and it.tenant == tenant and it.user == user)
+            record = await self._io(self.catalog.touch, tenant, user, added)
+            if self.settings.summaries and record.since_summary >= self.settings.summary_every:
+                await self.request_summaries(tenant, user)
+        return stored
+
+    async def record_exchange(
+        self,
+        tenant: str,
+        user: str,
+        messages: list[dict[str, Any]],
+        answer: str,
+        *,
+        conversation_id: str | None,
+        model: str | None,
+        task: str | None,
+    ) -> list[str]:
+        now = time.time()
+        items: list[MemoryItem] = []
+        text = last_user_text(messages)
+        if text.strip():
+            items.append(MemoryItem(tenant, user, text, "user", now, conversation_id, model, task))
+        if self.settings.store_assistant_turns and answer.strip():
+            items.append(
+                MemoryItem(tenant, user, answer, "assistant", now + 1e-3, conversation_id, model, task)
+            )
+        return await self.ingest(items)
+
+    # -- retrieval ----------------------------------------------------------------------------------
+
+    async def retrieve(
+        self, tenant: str, user: str, query: str, options: MemoryOptions | None = None
+    ) -> Retrieval:
+        started = time.perf_counter()
+        options = options or MemoryOptions()
+        k = self.settings.top_k if options.k is None else options.k
+        budget = self.settings.token_budget if options.budget is None else options.budget
+        vector = (await self.embedder.embed([query or " "]))[0]
+        task = options.task or await self.tasks.infer(vector)
+        summary = None
+        if options.summary and self.settings.summaries:
+            summary = await self._io(self.catalog.latest_summary, tenant, user, task)
+        if summary is not None:
+            k = math.ceil(k * self.settings.summary_item_fraction)
+        n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
+        hits = await self._io(self.store.query, tenant, user, vector, n) if k > 0 else []
+        hits = [h for h in hits if h.similarity >= self.settings.min_similarity]
+        scores = score(
+            hits,
+            half_life_days=self.settings.recency_half_life_days,
+            recency_weight=self.settings.recency_weight,
+        )
+        chosen = [hits[i].item for i in mmr(hits, scores, k, self.settings.mmr_lambda)]
+        block, used, tokens = self.composer.block(chosen, summary.text if summary else None, task, budget)
+        result = Retrieval(task=task, items=chosen[:used], summary=summary if block and summary else None)
+        result.block, result.tokens, result.candidates = block, tokens, len(hits)
+        result.ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    async def compose(
+        self, tenant: str, user: str, messages: list[dict[str, Any]], options: MemoryOptions | None = None
+    ) -> tuple[list[dict[str, Any]], Retrieval]:
+        retrieval = await self.retrieve(tenant, user, last_user_text(messages), options)
+        return merge_system(messages, retrieval.block), retrieval
+
+    # -- summaries ----------------------------------------------------------------------------------
+
+    async def request_summaries(self, tenant: str, user: str, task: str | None = None) -> list[str]:
+        tasks = [task] if task else list(self.settings.tasks)
+        ids = []
+        for name in tasks:
+            ids.append(
+                await self.jobs.enqueue(
+                    SUMMARY_JOB,
+                    {"task": name},
+                    tenant=tenant,
+                    user=user,
+                    dedupe_key=f"summary\x00{tenant}\x00{user}\x00{name}",
+                )
+            )
+        await self._io(self.catalog.reset_since_summary, tenant, user)
+        return ids
+
+    async def save_summary(
+        self, tenant: str, user: str, task: str, text: str, item_count: int, model: str | None
+    ) -> Summary:
+        return await self._io(self.catalog.add_summary, tenant, user, task, text, item_count, model)
+
+    async def summaries(self, tenant: str, user: str, task: str | None = None) -> list[Summary]:
+        return await self._io(self.catalog.summaries, tenant, user, task)
+
+    # -- admin reads and edits ----------------------------------------------------------------------
+
+    async def users(self, tenant: str | None, limit: int, offset: int) -> tuple[list[UserRecord], int]:
+        return await self._io(self.catalog.users, tenant, limit, offset)
+
+    async def user(self, tenant: str, user: str) -> UserRecord | None:
+        return await self._io(self.catalog.user, tenant, user)
+
+    async def items(self, tenant: str, user: str, where: dict[str, Any] | None = None) -> list[MemoryItem]:
+        return await self._io(self.store.get, tenant, user, None, where)
+
+    async def item(self, tenant: str, user: str, item_id: str) -> MemoryItem | None:
+        found = await self._io(self.store.get, tenant, user, [item_id], None)
+        return found[0] if found else None
+
+    async def search(
+        self, tenant: str, user: str, query: str, k: int, where: dict[str, Any] | None = None
+    ) -> list[tuple[MemoryItem, float]]:
+        vector = (await self.embedder.embed([query]))[0]
+        hits = await self._io(self.store.query, tenant, user, vector, max(k * 4, k) if where else k)
+        out = [(h.item, h.similarity) for h in hits if _matches(h.item, where)]
+        return out[:k]
+
+    async def delete_item(self, tenant: str, user: str, item_id: str) -> bool:
+        if await self.item(tenant, user, item_id) is None:
+            return False
+        await self._io(self.store.delete, tenant, user, [item_id])
+        await self._sync_count(tenant, user)
+        return True
+
+    async def edit_item(
+        self, tenant: str, user: str, item_id: str, text: str | None, **meta: Any
+    ) -> MemoryItem | None:
+        """Edit text (re-embedded) and/or metadata. The id stays, so links to the item keep working."""
+        old = await self.item(tenant, user, item_id)
+        if old is None:
+            return None
+        new = MemoryItem(**{**old.to_dict(), **{k: v for k, v in meta.items() if v is not None}})
+        new.id = old.id
+        if text is not None:
+            new.text = self._prepare(text)
+        vectors = await self.embedder.embed([new.text])
+        await self._io(self.store.upsert, [new], vectors)
+        return new
+
+    async def _sync_count(self, tenant: str, user: str) -> None:
+        count = await self._io(self.store.count, tenant, user)
+        await self._io(self.catalog.set_count, tenant, user, count)
+
+    # -- export / import / forget -------------------------------------------------------------------
+
+    async def export(self, tenant: str, user: str) -> dict[str, Any]:
+        items = await self.items(tenant, user)
+        summaries = await self.summaries(tenant, user)
+        return {
+            "format": "rapport.memory.v1",
+            "tenant": tenant,
+            "user": user,
+            "exported_at": time.time(),
+            "items": [it.to_dict() for it in items],
+            "summaries": [s.to_dict() for s in summaries],
+        }
+
+    async def import_user(self, tenant: str, user: str, data: dict[str, Any]) -> dict[str, int]:
+        """Import items and summaries into (tenant, user), whatever ids the export came from."""
+        items = []
+        for raw in data.get("items", []):
+            fields = {k: raw.get(k) for k in ("text", "role", "ts", "conversation_id", "model", "task")}
+            fields["ts"] = float(fields["ts"] or time.time())
+            fields["role"] = fields["role"] or "user"
+            items.append(MemoryItem(tenant=tenant, user=user, source="import", **fields))
+        stored = await self.ingest(items) if items else []
+        await self._sync_count(tenant, user)
+        count = 0
+        for raw in data.get("summaries", []):
+            await self._io(self.catalog.touch, tenant, user, 0)
+            summary = Summary(
+                tenant,
+                user,
+                str(raw["task"]),
+                int(raw["version"]),
+                str(raw["text"]),
+                int(raw.get("item_count", 0)),
+                raw.get("model"),
+                float(raw.get("created_at", time.time())),
+            )
+            await self._io(self.catalog.import_summary, summary)
+            count += 1
+        return {"items": len(stored), "duplicates": len(items) - len(stored), "summaries": count}
+
+    async def forget(self, tenant: str, user: str) -> dict[str, Any]:
+        """Remove the user everywhere: jobs, then every registered store (memory's own included)."""
+        return await self.jobs.forget_user(tenant, user)
+
+    async def _forget_stores(self, tenant: str, user: str) -> dict[str, int]:
+        items = await self._io(self.store.delete_user, tenant, user)
+        report = await self._io(self.catalog.forget, tenant, user)
+        return {"items": items, **report}
+
+
+def _matches(item: MemoryItem, where: dict[str, Any] | None) -> bool:
+    if not where:
+        return True
+    return all(getattr(item, key, None) == value for key, value in where.items())

@@ -1,0 +1,108 @@
+"""Task-aware summaries (Richardson et al. 2023): an LLM writes, offline, a profile of the user per task.
+
+The request path only reads the latest version; regeneration runs as a job on the durable queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from memory.compose import quote
+from memory.config import MemorySettings
+from memory.embedding import Embedder, Vectors
+from memory.jobs import Job, Progress
+from memory.llm import ChatLLM
+
+if TYPE_CHECKING:
+    from memory.service import MemoryService
+
+log = logging.getLogger("rapport.memory")
+
+SUMMARY_JOB = "memory.summary"
+
+
+class TaskRouter:
+    """Infers a request's task by embedding similarity to the configured task descriptions."""
+
+    def __init__(self, settings: MemorySettings, embedder: Embedder) -> None:
+        self._settings = settings
+        self._embedder = embedder
+        self._names = list(settings.tasks)
+        self._vectors: Vectors | None = None
+
+    async def infer(self, query_vector: Vectors) -> str:
+        if len(self._names) <= 1:
+            return self._names[0] if self._names else self._settings.default_task
+        if self._vectors is None:
+            self._vectors = await self._embedder.embed(
+                [self._settings.tasks[n].description for n in self._names]
+            )
+        sims = self._vectors @ np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        best = int(np.argmax(sims))
+        if float(sims[best]) < self._settings.task_inference_threshold:
+            return self._settings.default_task
+        return self._names[best]
+
+
+def build_prompt(settings: MemorySettings, task: str, texts: list[str]) -> str:
+    spec = settings.tasks.get(task) or settings.tasks[settings.default_task]
+    lines = "\n".join(f"- {quote(t)}" for t in texts)
+    return spec.prompt.format(
+        task_description=spec.description, max_words=settings.summary_max_words, items=lines
+    )
+
+
+def clean_summary(text: str) -> str:
+    text = text.strip()
+    for prefix in ("Profile:", "profile:", "Summary:"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :].strip()
+    return text
+
+
+def make_handler(
+    service: MemoryService, llm_factory: Callable[[], ChatLLM]
+) -> Callable[[Job, Progress], object]:
+    settings = service.settings
+
+    async def handle(job: Job, progress: Progress) -> None:
+        task = str(job.payload.get("task") or settings.default_task)
+        await progress(0.05, "reading items")
+        items = await service.items(job.tenant, job.user)
+        user_texts = [it.text for it in items if it.role == "user"][-settings.summary_max_items :]
+        if not user_texts:
+            await progress(1.0, "no user items: nothing to summarize")
+            return
+        prompt = build_prompt(settings, task, user_texts)
+        await progress(0.2, f"summarizing {len(user_texts)} items")
+        result = await llm_factory().chat(
+            [{"role": "user", "content": prompt}], max_tokens=settings.summary_max_tokens, temperature=0.2
+        )
+        text = clean_summary(result.text)
+        if not text:
+            raise RuntimeError("the utility LLM returned an empty summary")
+        # Raises JobCancelled if the user was forgotten meanwhile: nothing is written then.
+        await progress(0.9, "saving")
+        model = str(result.raw.get("model")) if result.raw.get("model") else None
+        try:
+            await service.save_summary(job.tenant, job.user, task, text, len(user_texts), model)
+        except LookupError:
+            log.info("summary for a forgotten user dropped")
+
+    return handle
+
+
+async def wait_idle(condition: Callable[[], bool], within: float) -> bool:
+    """Poll a condition with a deadline (used by tests and the bench, never on the request path)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
