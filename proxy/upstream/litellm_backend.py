@@ -38,10 +38,31 @@ def _failure(exc: Exception) -> UpstreamFailure:
     return UpstreamFailure(message, status=int(status) if isinstance(status, int) else 502)
 
 
+# The OpenAI request fields litellm may read as its own arguments. Every other client field goes to the
+# upstream inside `extra_body`, exactly as the fast path sends it: litellm's other keyword arguments
+# (`organization`, `headers`, `client`, `max_retries`, `callbacks`, `mock_*`, `model_list`, ...) steer
+# credentials, routing, retries and logging, and a client must never be able to set those.
+OPENAI_FIELDS = frozenset(
+    {
+        "messages", "model", "stream", "stream_options", "n", "temperature", "top_p", "max_tokens",
+        "max_completion_tokens", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
+        "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user",
+        "functions", "function_call", "modalities", "prediction", "audio", "reasoning_effort", "verbosity",
+        "web_search_options", "safety_identifier", "service_tier", "store", "prompt_cache_key",
+        "prompt_cache_retention",
+        # /v1/completions and /v1/embeddings
+        "prompt", "suffix", "echo", "best_of", "input", "dimensions", "encoding_format",
+    }
+)  # fmt: skip
+
+
 def _kwargs(entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
     params = entry.litellm_params
     kwargs: dict[str, Any] = dict(params.model_extra or {})
-    kwargs.update(body)
+    passthrough = {k: v for k, v in body.items() if k not in OPENAI_FIELDS}
+    kwargs.update({k: v for k, v in body.items() if k in OPENAI_FIELDS})
+    if passthrough:
+        kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), **passthrough}
     kwargs["model"] = params.model
     kwargs["timeout"] = params.timeout
     # Retries and fallbacks are the router's job, so litellm's own are off.

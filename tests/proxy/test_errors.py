@@ -6,6 +6,7 @@ through litellm alike; a failing stream must end (never hang), and a client that
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,13 @@ from tests.support.upstream import Reply, ScriptedUpstream
 
 MSG = [{"role": "user", "content": "hello"}]
 PATHS = [pytest.param(True, id="fast_path"), pytest.param(False, id="litellm")]
+
+
+@pytest.fixture()
+def make_rapport(make_rapport: Callable[..., Any]) -> Callable[..., Any]:
+    """The proxy core alone: these paths never reach a personalization stage (no user is named), and the
+    plugins' own failure modes are tested with them."""
+    return functools.partial(make_rapport, plugins=())
 
 
 def assert_error_shape(payload: Any, *, status: int | None = None) -> dict[str, Any]:
