@@ -1,0 +1,236 @@
+"""Value-model backends behind one interface: in-process torch and a vLLM pooling server.
+
+A decoding run opens a `ValueSession` per answer and asks it, step after step, for V(prefix + c) for each
+candidate continuation c. The torch session keeps the KV cache of the longest prefix the candidates share
+and runs only the candidates' new tokens, batched; the vLLM session sends whole texts (vLLM's own prefix
+cache does the reuse on its side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import torch
+
+from reasoning.vas.value_model import backbone, head, load_value_model, read_meta
+
+
+class ValueBackendDown(Exception):
+    """The value model cannot be reached; callers turn VAS off for the request and say so."""
+
+
+@dataclass
+class SessionStats:
+    calls: int = 0
+    candidates: int = 0
+    # Value-model tokens actually run, and the part of it spent re-running prefix tokens because the
+    # value tokenizer split the text differently than the cache held (the cost of differing tokenizers).
+    tokens_run: int = 0
+    tokens_rerun: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "candidates": self.candidates,
+            "tokens_run": self.tokens_run,
+            "tokens_rerun": self.tokens_rerun,
+            "ms": round(self.seconds * 1000, 1),
+        }
+
+
+class ValueSession(Protocol):
+    stats: SessionStats
+
+    async def score(self, prefix: str, continuations: list[str]) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+class ValueBackend(Protocol):
+    name: str
+
+    def session(self) -> ValueSession: ...
+
+    async def ready(self) -> tuple[bool, str]: ...
+
+    async def close(self) -> None: ...
+
+
+def _common_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TorchBackend:
+    """In-process torch; one model shared by all sessions, forward passes serialised by a lock."""
+
+    def __init__(self, path: Path, name: str | None = None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.meta = read_meta(self.path)
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.tokenizer = load_value_model(self.path)
+        self._lock = threading.Lock()
+
+    def session(self) -> TorchSession:
+        return TorchSession(self)
+
+    def score_texts(self, texts: list[str]) -> list[float]:
+        """V at the last token of each full text, no cache (reference path and vLLM comparisons)."""
+        out: list[float] = []
+        with self._lock, torch.inference_mode():
+            for text in texts:
+                ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+                out.append(float(self.model(input_ids=ids).logits[0, 0]))
+        return out
+
+    async def ready(self) -> tuple[bool, str]:
+        return True, f"torch value model {self.name}"
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class TorchSession:
+    backend: TorchBackend
+    stats: SessionStats = field(default_factory=SessionStats)
+    _ids: list[int] = field(default_factory=list)
+    _cache: Any = None
+
+    async def score(self, prefix: str, continuations: list[str]) -> list[float]:
+        return await asyncio.to_thread(self._score, prefix, continuations)
+
+    def _extend(self, target: list[int]) -> None:
+        """Make the cache hold exactly `target` (crop what differs, run what is new)."""
+        from transformers import DynamicCache
+
+        keep = _common_len(self._ids, target)
+        if self._cache is None:
+            self._cache, keep = DynamicCache(), 0
+        elif keep < len(self._ids):
+            self._cache.crop(keep)
+            self.stats.tokens_rerun += max(0, min(len(target), len(self._ids)) - keep)
+        new = target[keep:]
+        if new:
+            backbone(self.backend.model)(
+                input_ids=torch.tensor([new]), past_key_values=self._cache, use_cache=True
+            )
+            self.stats.tokens_run += len(new)
+        self._ids = list(target)
+
+    def _score(self, prefix: str, continuations: list[str]) -> list[float]:
+        import time
+
+        started = time.perf_counter()
+        tok = self.backend.tokenizer
+        full = [tok(prefix + c, add_special_tokens=False).input_ids for c in continuations]
+        shared = full[0]
+        for ids in full[1:]:
+            shared = shared[: _common_len(shared, ids)]
+        # Every candidate keeps at least its last token to run, where its value is read.
+        shared = shared[: min(len(ids) for ids in full) - 1]
+        model = self.backend.model
+        with self.backend._lock, torch.inference_mode():
+            self._extend(shared)
+            suffixes = [ids[len(shared) :] for ids in full]
+            width = max(len(s) for s in suffixes)
+            pad = model.config.pad_token_id or 0
+            batch = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes])
+            # Right padding needs no mask: a causal model's state at the last real token never sees it.
+            cache = _repeat_cache(self._cache, len(suffixes))
+            hidden = backbone(model)(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
+            last = torch.tensor([len(s) - 1 for s in suffixes])
+            values = head(model)(hidden[torch.arange(len(suffixes)), last]).squeeze(-1)
+        self.stats.calls += 1
+        self.stats.candidates += len(continuations)
+        self.stats.tokens_run += sum(len(s) for s in suffixes)
+        self.stats.seconds += time.perf_counter() - started
+        return [float(v) for v in values]
+
+    def close(self) -> None:
+        self._cache = None
+        self._ids = []
+
+
+def _repeat_cache(cache: Any, n: int) -> Any:
+    """A batch-n copy of a batch-1 DynamicCache (the shared prefix), leaving the original untouched."""
+    from transformers import DynamicCache
+
+    copy = DynamicCache()
+    for idx, layer in enumerate(cache.layers):
+        if getattr(layer, "keys", None) is None or layer.keys is None or layer.keys.numel() == 0:
+            continue
+        copy.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), idx)
+    return copy if copy.get_seq_length() > 0 else None
+
+
+class VLLMBackend:
+    """A `vllm serve <export> --runner pooling` server; scores are the classifier logit, no activation."""
+
+    def __init__(self, url: str, model: str, name: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.name = name or model
+        self._client = httpx.AsyncClient(timeout=timeout)
+
+    def session(self) -> VLLMSession:
+        return VLLMSession(self)
+
+    async def score_texts(self, texts: list[str]) -> list[float]:
+        try:
+            resp = await self._client.post(
+                f"{self.url}/pooling", json={"model": self.model, "input": texts, "use_activation": False}
+            )
+        except httpx.HTTPError as exc:
+            raise ValueBackendDown(f"vLLM value server at {self.url}: {exc}") from exc
+        if resp.status_code != 200:
+            raise ValueBackendDown(f"vLLM value server answered {resp.status_code}: {resp.text[:200]}")
+        data = resp.json()["data"]
+        data.sort(key=lambda d: d["index"])
+        return [float(_scalar(d["data"])) for d in data]
+
+    async def ready(self) -> tuple[bool, str]:
+        try:
+            resp = await self._client.get(f"{self.url}/health")
+            return resp.status_code == 200, f"vLLM value server {self.url}: {resp.status_code}"
+        except httpx.HTTPError as exc:
+            return False, f"vLLM value server {self.url}: {exc}"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _scalar(x: Any) -> float:
+    while isinstance(x, list):
+        x = x[0]
+    return float(x)
+
+
+@dataclass
+class VLLMSession:
+    backend: VLLMBackend
+    stats: SessionStats = field(default_factory=SessionStats)
+
+    async def score(self, prefix: str, continuations: list[str]) -> list[float]:
+        import time
+
+        started = time.perf_counter()
+        values = await self.backend.score_texts([prefix + c for c in continuations])
+        self.stats.calls += 1
+        self.stats.candidates += len(continuations)
+        self.stats.seconds += time.perf_counter() - started
+        return values
+
+    def close(self) -> None:
+        return None
