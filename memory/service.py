@@ -330,9 +330,9 @@ class MemoryService:
                 str(raw["task"]),
                 int(raw["version"]),
                 str(raw["text"]),
-                int(raw.get("item_count", 0)),
+                int(raw.get("item_count") or 0),
                 raw.get("model"),
-                float(raw.get("created_at", time.time())),
+                float(raw.get("created_at") or time.time()),
             )
             await self._io(self.catalog.import_summary, summary)
             count += 1

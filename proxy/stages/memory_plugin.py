@@ -1,4 +1,4 @@
-"""Memory plugin: builds the shared embedder and job queue, then the memory stage and admin API."""
+"""Memory plugin: builds the shared embedder and job queue, the memory stage and the memory admin API."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
+from pydantic import ValidationError
 
 from memory.embedding import SentenceTransformerEmbedder
 from memory.jobs import JobQueue
+from memory.service import MemoryOptions, MemoryService
+from proxy.entrypoints.common import loc_to_param
+from proxy.errors import InvalidRequest, ServiceUnavailable
+from proxy.pipeline.context import Exchange, RequestContext
 
 if TYPE_CHECKING:
     from proxy.pipeline.stage import Stage
@@ -18,13 +23,90 @@ if TYPE_CHECKING:
 log = logging.getLogger("rapport.memory")
 
 
+def parse_options(value: Any) -> MemoryOptions:
+    """`rapport.memory`: True/None -> defaults, a dict -> validated options (bad values name their param)."""
+    if value is None or value is True:
+        return MemoryOptions()
+    try:
+        return MemoryOptions.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = "rapport.memory." + loc_to_param(tuple(first["loc"])) if first["loc"] else "rapport.memory"
+        raise InvalidRequest(
+            f"Invalid value for '{param}': {first['msg']}", param=param, code="invalid_value"
+        ) from exc
+
+
+class MemoryStage:
+    name = "memory"
+
+    def __init__(self, services: Services, service: MemoryService) -> None:
+        self._services = services
+        self.service = service
+
+    def wants(self, ctx: RequestContext) -> bool:
+        if ctx.user is None or ctx.options.memory is False:
+            return False
+        if ctx.options.memory is None:
+            entry = self._services.settings.model(ctx.model)
+            return entry.personalization.memory if entry is not None else True
+        return True
+
+    async def before(self, ctx: RequestContext) -> dict[str, Any]:
+        assert ctx.user is not None
+        options = parse_options(ctx.options.memory)
+        if options.task is None and ctx.options.task is not None:
+            options = options.model_copy(update={"task": ctx.options.task})
+        ctx.state["memory.options"] = options
+        try:
+            if isinstance(ctx.body.get("messages"), list):
+                messages, retrieval = await self.service.compose(
+                    ctx.tenant, ctx.user, ctx.body["messages"], options
+                )
+                ctx.body["messages"] = messages
+            else:
+                prompt = ctx.body.get("prompt")
+                query = prompt if isinstance(prompt, str) else ""
+                retrieval = await self.service.retrieve(ctx.tenant, ctx.user, query, options)
+                if retrieval.block and isinstance(prompt, str):
+                    ctx.body["prompt"] = f"{retrieval.block}\n{prompt}"
+        except Exception as exc:
+            if self._services.settings.degrade_on_store_failure:
+                raise
+            raise ServiceUnavailable(f"Memory store unavailable: {exc.__class__.__name__}") from exc
+        ctx.state["memory.task"] = retrieval.task
+        return retrieval.details()
+
+    async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
+        options: MemoryOptions = ctx.state.get("memory.options") or MemoryOptions()
+        if ctx.user is None or not options.store or not ctx.options.record:
+            return
+        messages = exchange.messages or ctx.original_messages
+        if not messages and isinstance(ctx.body.get("prompt"), str):
+            messages = [{"role": "user", "content": ctx.body["prompt"]}]
+        await self.service.record_exchange(
+            ctx.tenant,
+            ctx.user,
+            messages,
+            exchange.response_text,
+            conversation_id=ctx.options.conversation_id,
+            model=exchange.model or ctx.model,
+            task=ctx.state.get("memory.task"),
+        )
+
+
 class MemoryPlugin:
     name = "memory"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, service: MemoryService | None) -> None:
+        from proxy.entrypoints.admin.memory.api_router import build_jobs_router, build_memory_router
+
         self._services = services
-        self._stages: list[Stage] = []
-        self._routers: list[APIRouter] = []
+        self.service = service
+        self._stages: list[Stage] = [MemoryStage(services, service)] if service is not None else []
+        self._routers: list[APIRouter] = [build_jobs_router(services)]
+        if service is not None:
+            self._routers.append(build_memory_router(self))
 
     def stages(self) -> list[Stage]:
         return list(self._stages)
@@ -33,14 +115,31 @@ class MemoryPlugin:
         return list(self._routers)
 
     async def start(self) -> None:
+        if self.service is not None:
+            # Load the embedding model now so that the first request does not pay for it.
+            warm = getattr(self._services.embedder, "warm", None)
+            if warm is not None:
+                await warm()
         await self._services.jobs.start()
 
     async def close(self) -> None:
         await self._services.jobs.close()
-        self._services.embedder.close()
+        if self.service is not None:
+            self.service.close()
+        close = getattr(self._services.embedder, "close", None)
+        if close is not None:
+            close()
 
     async def ready(self) -> tuple[bool, str]:
-        return (self._services.jobs.running, "ok" if self._services.jobs.running else "job queue not running")
+        if not self._services.jobs.running:
+            return False, "job queue not running"
+        if self.service is not None:
+            import asyncio
+
+            ok = await asyncio.to_thread(self.service.store.heartbeat)
+            if not ok:
+                return False, "memory store unreachable"
+        return True, "ok"
 
 
 def build_shared(services: Services) -> None:
@@ -62,5 +161,15 @@ def build_shared(services: Services) -> None:
 
 def build(services: Services) -> Plugin | None:
     build_shared(services)
-    plugin: Any = MemoryPlugin(services)
+    settings = services.settings.memory
+    service = None
+    if settings.enabled:
+        service = MemoryService(
+            settings,
+            data_dir=services.settings.data_dir,
+            embedder=services.embedder,
+            jobs=services.jobs,
+            llm_factory=lambda: services.utility_llm(settings.summary_model),
+        )
+    plugin: Any = MemoryPlugin(services, service)
     return plugin  # type: ignore[no-any-return]
