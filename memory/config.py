@@ -9,10 +9,11 @@ from pydantic import BaseModel, Field
 
 DEFAULT_SUMMARY_PROMPT = (
     "You keep notes about one user of an assistant, for the task: {task_description}.\n"
-    "From the user's past messages below, write a short factual profile (at most {max_words} words) of the "
-    "user's stated preferences, constraints, background and goals that matter for this task. Write plain "
-    "statements about the user; do not invent anything; do not address the user.\n\n"
-    "Past messages (oldest first):\n{items}\n\nProfile:"
+    "Update the notes from the user's messages below. Write at most {max_words} words of plain statements "
+    "about the user's stated preferences, dislikes, constraints, background and goals that matter for this "
+    "task. Keep every earlier note that is still true; do not invent anything; do not address the user.\n\n"
+    "Earlier notes: {previous}\n\n"
+    "User's messages (oldest first):\n{items}\n\nNotes:"
 )
 
 
@@ -61,14 +62,20 @@ class MemorySettings(BaseModel):
     # Task-aware summaries (Richardson et al. 2023).
     summaries: bool = True
     summary_every: int = Field(default=10, ge=1)
-    summary_max_items: int = Field(default=60, ge=1)
+    # Items fed to the summarizer: half the most task-relevant (by similarity to the task description), half
+    # the most recent, plus the previous version, so a preference stated long ago is not dropped.
+    summary_max_items: int = Field(default=40, ge=2)
     summary_max_words: int = Field(default=120, ge=10)
     summary_max_tokens: int = Field(default=320, ge=16)
     summary_model: str | None = None  # None: the default upstream
     # With a summary present, retrieve only this fraction of k raw items (the paper's 75% less raw data).
     summary_item_fraction: float = Field(default=1.0, gt=0, le=1)
     tasks: dict[str, TaskSpec] = Field(
-        default_factory=lambda: {"general": TaskSpec(description="general conversation and assistance")}
+        default_factory=lambda: {
+            "general": TaskSpec(
+                description="general assistance; the user's preferences, dislikes, habits, constraints and background"
+            )
+        }
     )
     default_task: str = "general"
     task_inference_threshold: float = Field(default=0.3, ge=-1, le=1)

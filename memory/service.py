@@ -240,6 +240,24 @@ class MemoryService:
         await self._io(self.catalog.reset_since_summary, tenant, user)
         return ids
 
+    async def summary_inputs(self, tenant: str, user: str, task: str) -> tuple[list[str], str | None]:
+        """The user's items to summarize (task-relevant + recent, oldest first) and the previous version."""
+        limit = self.settings.summary_max_items
+        items = [it for it in await self.items(tenant, user) if it.role == "user"]
+        chosen = {it.id: it for it in items[-(limit - limit // 2) :]}
+        if len(items) > len(chosen):
+            spec = self.settings.tasks.get(task) or self.settings.tasks[self.settings.default_task]
+            vector = (await self.embedder.embed([spec.description]))[0]
+            hits = await self._io(self.store.query, tenant, user, vector, limit)
+            for hit in hits:
+                if len(chosen) >= limit:
+                    break
+                if hit.item.role == "user":
+                    chosen.setdefault(hit.item.id, hit.item)
+        previous = await self._io(self.catalog.latest_summary, tenant, user, task)
+        ordered = sorted(chosen.values(), key=lambda it: it.ts)
+        return [it.text for it in ordered], previous.text if previous else None
+
     async def save_summary(
         self, tenant: str, user: str, task: str, text: str, item_count: int, model: str | None
     ) -> Summary:

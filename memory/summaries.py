@@ -5,7 +5,6 @@ The request path only reads the latest version; regeneration runs as a job on th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -49,11 +48,14 @@ class TaskRouter:
         return self._names[best]
 
 
-def build_prompt(settings: MemorySettings, task: str, texts: list[str]) -> str:
+def build_prompt(settings: MemorySettings, task: str, texts: list[str], previous: str | None = None) -> str:
     spec = settings.tasks.get(task) or settings.tasks[settings.default_task]
     lines = "\n".join(f"- {quote(t)}" for t in texts)
     return spec.prompt.format(
-        task_description=spec.description, max_words=settings.summary_max_words, items=lines
+        task_description=spec.description,
+        max_words=settings.summary_max_words,
+        items=lines,
+        previous=quote(previous) if previous else "(none yet)",
     )
 
 
@@ -73,12 +75,11 @@ def make_handler(
     async def handle(job: Job, progress: Progress) -> None:
         task = str(job.payload.get("task") or settings.default_task)
         await progress(0.05, "reading items")
-        items = await service.items(job.tenant, job.user)
-        user_texts = [it.text for it in items if it.role == "user"][-settings.summary_max_items :]
+        user_texts, previous = await service.summary_inputs(job.tenant, job.user, task)
         if not user_texts:
             await progress(1.0, "no user items: nothing to summarize")
             return
-        prompt = build_prompt(settings, task, user_texts)
+        prompt = build_prompt(settings, task, user_texts, previous)
         await progress(0.2, f"summarizing {len(user_texts)} items")
         result = await llm_factory().chat(
             [{"role": "user", "content": prompt}], max_tokens=settings.summary_max_tokens, temperature=0.2
@@ -95,14 +96,3 @@ def make_handler(
             log.info("summary for a forgotten user dropped")
 
     return handle
-
-
-async def wait_idle(condition: Callable[[], bool], within: float) -> bool:
-    """Poll a condition with a deadline (used by tests and the bench, never on the request path)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True

@@ -228,3 +228,17 @@ async def test_server_mode_against_real_chroma(
     direct = ChromaStore(host=host, port=port)
     assert not direct.collection_exists("t", "srv")
     assert (await service.retrieve("t", "srv", "pets")).block == ""
+
+
+async def test_summary_inputs_keep_an_old_preference(make_service: MakeService) -> None:
+    service = make_service(summaries=False, summary_max_items=10)
+    old = MemoryItem("t", "u", "I strongly dislike spicy food and prefer mild dishes.", ts=1000.0)
+    chatter = [
+        MemoryItem("t", "u", f"Convert this loop number {i} from Python to Go please.", ts=2000.0 + i)
+        for i in range(40)
+    ]
+    await service.ingest([old, *chatter])
+    texts, previous = await service.summary_inputs("t", "u", "general")
+    assert previous is None and len(texts) == 10
+    assert texts[0] == old.text  # oldest first, selected for relevance to the task description
+    assert texts[-1] == chatter[-1].text  # and the most recent ones
