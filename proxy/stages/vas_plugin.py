@@ -1,13 +1,216 @@
-"""vas plugin (placeholder until the vas stage lands): contributes no stage yet."""
+"""VAS plugin: value-augmented sampling as a generating stage (Han et al., 2024).
+
+When a request turns VAS on (`extra_body={"rapport": {"vas": ...}}`, or per-model/settings defaults) and
+the value models are up, this stage decodes the answer itself, step by step against the request's
+upstream, and reports steps, calls and time in the response's `rapport` extension. If a value backend is
+down, VAS is off for that request (plain upstream call) and the extension and degraded header say why.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter
+
+from proxy.errors import InvalidRequest
+from proxy.pipeline.context import Exchange, RequestContext
+from proxy.pipeline.stage import Upstream
+from reasoning.vas.backends import ValueBackendDown
+from reasoning.vas.base_lm import BaseLM, ChatPrefillLM, CompletionsLM
+from reasoning.vas.decoding import DecodeResult
+from reasoning.vas.engine import Plan, VASEngine, VASOptionError, parse_request
 
 if TYPE_CHECKING:
     from proxy.plugins import Plugin
     from proxy.services import Services
 
+log = logging.getLogger("rapport.vas")
+_STATE = "vas"
+
+
+class VASStage:
+    name = "vas"
+
+    def __init__(self, plugin: VASPlugin) -> None:
+        self._plugin = plugin
+        self._services = plugin.services
+
+    def wants(self, ctx: RequestContext) -> bool:
+        if ctx.endpoint != "chat":
+            return False
+        opt = ctx.options.vas
+        if opt is not None:
+            return opt is not False
+        entry = self._services.settings.model(ctx.model)
+        return self._services.settings.vas.enabled_by_default or bool(entry and entry.personalization.vas)
+
+    async def before(self, ctx: RequestContext) -> dict[str, Any]:
+        engine = self._plugin.engine
+        try:
+            req = parse_request(ctx.options.vas)
+            plan = await asyncio.to_thread(engine.plan, req, ctx.tenant, ctx.user, ctx.body)
+        except VASOptionError as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from exc
+        detail: dict[str, Any] = {"mode": plan.params.mode, "beta": plan.params.beta, "weights": plan.weights,
+                                  "weights_from": plan.weights_from}
+        off = await self._unavailable(plan)
+        if off is not None:
+            detail.update(applied=False, reason=off)
+            ctx.degraded.append(f"vas: {off}")
+        else:
+            detail["applied"] = True
+            ctx.state[_STATE] = (plan, detail)
+        return detail
+
+    async def _unavailable(self, plan: Plan) -> str | None:
+        engine = self._plugin.engine
+        if engine.template_tokenizer is None and engine.settings.base_api == "completions":
+            return "no chat template for the base model (vas.prompt_template)"
+        if plan.params.beta == 0 or not plan.weights:
+            return None
+        for name in plan.weights:
+            backend = engine.backends.get(name)
+            if backend is None:
+                return f"value model {name} unavailable: {engine.load_errors.get(name, 'not loaded')}"
+            ok, why = await backend.ready()
+            if not ok:
+                return f"value backend down: {why}"
+        return None
+
+    async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
+        return None
+
+    def generates(self, ctx: RequestContext) -> bool:
+        return _STATE in ctx.state
+
+    def _base(self, ctx: RequestContext, upstream: Upstream) -> BaseLM:
+        settings = self._plugin.engine.settings
+        if settings.base_api == "chat_prefill":
+            async def post_chat(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                return await upstream.chat(body)
+
+            return ChatPrefillLM(post_chat, ctx.model, dict(settings.upstream_extra))
+        router = self._services.upstream
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            return await router.request(ctx.model, path, body)
+
+        return CompletionsLM(post, self._plugin.engine.render, ctx.model, dict(settings.upstream_extra))
+
+    def _messages(self, ctx: RequestContext) -> list[dict[str, Any]]:
+        return [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in ctx.body["messages"]]
+
+    async def _run(self, ctx: RequestContext, upstream: Upstream, emit: Any = None) -> DecodeResult | str:
+        plan, detail = ctx.state[_STATE]
+        try:
+            result = await self._plugin.engine.run(self._base(ctx, upstream), self._messages(ctx), plan, emit)
+        except ValueBackendDown as exc:
+            detail.update(applied=False, reason=f"value backend down: {exc}"[:300])
+            ctx.degraded.append("vas: value backend down")
+            return str(exc)
+        detail.update(result.details(plan.params.mode, plan.params.beta))
+        self._services.metrics.stage_latency.labels("vas_decode").observe(result.ms / 1000.0)
+        return result
+
+    async def generate(self, ctx: RequestContext, upstream: Upstream) -> dict[str, Any]:
+        result = await self._run(ctx, upstream)
+        if isinstance(result, str):
+            return await upstream.chat(ctx.body)
+        return {
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": ctx.model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                 "finish_reason": result.finish_reason}
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": result.base_tokens, "total_tokens": result.base_tokens},
+        }
+
+    async def generate_stream(self, ctx: RequestContext, upstream: Upstream) -> AsyncIterator[dict[str, Any]]:
+        cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": ctx.model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def emit(piece: str) -> None:
+            await queue.put(piece)
+
+        async def produce() -> DecodeResult | str:
+            try:
+                return await self._run(ctx, upstream, emit)
+            finally:
+                await queue.put(None)
+
+        task = asyncio.get_running_loop().create_task(produce())
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while (piece := await queue.get()) is not None:
+                yield chunk({"content": piece})
+            result = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        if isinstance(result, str):
+            async for event in upstream.chat_stream(ctx.body):
+                yield event
+            return
+        _, detail = ctx.state[_STATE]
+        # The first chunk's `rapport` extension predates decoding; the totals travel with the last one.
+        yield chunk({}, result.finish_reason, rapport={"vas": dict(detail)})
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class VASPlugin:
+    name = "vas"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        settings = services.settings
+        self.engine = VASEngine(settings.vas, settings.data_dir / "vas")
+        self._stage = VASStage(self)
+        if services.jobs is not None and hasattr(services.jobs, "on_forget"):
+            services.jobs.on_forget("vas", self._forget)
+
+    def stages(self) -> list[Any]:
+        return [self._stage]
+
+    def routers(self) -> list[APIRouter]:
+        from proxy.entrypoints.admin.vas.api_router import build_router
+
+        return [build_router(self)]
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.engine.load)
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+    async def ready(self) -> tuple[bool, str]:
+        if not self.engine.settings.value_models:
+            return True, "no value models configured"
+        return await self.engine.ready()
+
+    async def _forget(self, tenant: str, user: str) -> dict[str, int]:
+        return {"profiles": await asyncio.to_thread(self.engine.store.delete, tenant, user)}
+
 
 def build(services: Services) -> Plugin | None:
-    return None
+    plugin: Any = VASPlugin(services)
+    return plugin  # type: ignore[no-any-return]
