@@ -104,7 +104,9 @@ class LLMFeatureExtractor:
         result = ExtractionResult(features=[], extractor="llm", ok=False)
         for attempt in range(self.retries + 1):
             result.attempts = attempt + 1
-            reply = await self.llm.chat(messages, temperature=0.0, max_tokens=self.max_tokens)
+            # A retry samples (temperature > 0): greedy decoding would repeat the same mistake.
+            temperature = 0.0 if attempt == 0 else 0.5
+            reply = await self.llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens)
             result.prompt_tokens += reply.prompt_tokens
             result.completion_tokens += reply.completion_tokens
             try:

@@ -75,7 +75,9 @@ class ReasoningWriter:
         messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
         result = PathResult(text="", source="template")
         for attempt in range(self.retries + 1):
-            reply = await self.llm.chat(messages, temperature=0.0, max_tokens=self.max_tokens)
+            # A retry samples (temperature > 0): greedy decoding would repeat the same mistake.
+            temperature = 0.0 if attempt == 0 else 0.5
+            reply = await self.llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens)
             result.prompt_tokens += reply.prompt_tokens
             result.completion_tokens += reply.completion_tokens
             try:
