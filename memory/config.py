@@ -36,6 +36,8 @@ class MemorySettings(BaseModel):
     # Embedding model: a sentence-transformers name or path; None means the packaged all-MiniLM-L6-v2.
     embedding_model: str | None = None
     embedding_batch_size: int = Field(default=64, ge=1)
+    # torch intra-op threads (process-wide); None leaves torch's default. 1 is best on <= 2 busy cores.
+    embedding_threads: int | None = Field(default=None, ge=1, le=256)
     query_cache_size: int = Field(default=4096, ge=0)
     top_k: int = Field(default=5, ge=0, le=100)
     token_budget: int = Field(default=512, ge=0)
@@ -64,7 +66,8 @@ class MemorySettings(BaseModel):
     summary_every: int = Field(default=10, ge=1)
     # Items fed to the summarizer: half the most task-relevant (by similarity to the task description), half
     # the most recent, plus the previous version, so a preference stated long ago is not dropped.
-    summary_max_items: int = Field(default=40, ge=2)
+    summary_max_items: int = Field(default=24, ge=2)
+    summary_item_chars: int = Field(default=300, ge=20)  # each item is cut to this in the prompt
     summary_max_words: int = Field(default=120, ge=10)
     summary_max_tokens: int = Field(default=320, ge=16)
     summary_model: str | None = None  # None: the default upstream

@@ -50,7 +50,8 @@ class TaskRouter:
 
 def build_prompt(settings: MemorySettings, task: str, texts: list[str], previous: str | None = None) -> str:
     spec = settings.tasks.get(task) or settings.tasks[settings.default_task]
-    lines = "\n".join(f"- {quote(t)}" for t in texts)
+    cut = settings.summary_item_chars
+    lines = "\n".join(f"- {quote(t if len(t) <= cut else t[:cut] + '…')}" for t in texts)
     return spec.prompt.format(
         task_description=spec.description,
         max_words=settings.summary_max_words,

@@ -1,0 +1,247 @@
+"""Memory bench: ingest throughput, retrieval + composition latency at scale, and the collection layout.
+
+    .venv/bin/python bench/memory.py [--sizes 10000,100000] [--modes embedded,server] [--queries 200]
+
+* Ingest: real PrefEval texts through `MemoryService.ingest` (embedding with the real all-MiniLM-L6-v2 +
+  durable Chroma write), batches of 32 items per user.
+* Retrieval + composition: the bulk of each store (10k/100k/1M items across 1k users) is loaded with
+  pre-computed random unit vectors (embedding 1M texts on 2 cores would take hours); the timed path is the
+  real one: embed a fresh PrefEval question (cache miss), query the user's collection, rank (recency,
+  MMR), compose within the token budget.
+* Layout: per-user collections vs one shared collection filtered by tenant and user, same data.
+Writes bench/results/memory.json and bench/results/memory.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from bench._common import RESULTS, ChromaServerProcess, explicit_preferences, percentiles
+from memory.config import MemorySettings
+from memory.embedding import SentenceTransformerEmbedder
+from memory.items import MemoryItem
+from memory.jobs import JobQueue
+from memory.service import MemoryOptions, MemoryService
+from memory.store import ChromaStore
+
+console = Console()
+USERS = 1000
+DIM = 384
+
+
+def make_service(
+    root: Path, embedder: SentenceTransformerEmbedder, mode: str, port: int | None, **kw: Any
+) -> MemoryService:
+    settings = MemorySettings(
+        store="server" if mode == "server" else "embedded",
+        chroma={"port": port or 8000},
+        summaries=False,
+        **kw,
+    )
+    return MemoryService(settings, data_dir=root, embedder=embedder, jobs=JobQueue(root / "jobs.sqlite3"))
+
+
+async def bench_ingest(service: MemoryService, texts: list[str], users: int) -> dict[str, Any]:
+    batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]
+    started = time.perf_counter()
+    stored = 0
+    for b, batch in enumerate(tqdm(batches, desc="ingest", leave=False)):
+        user = f"ingest-{b % users}"
+        stored += len(await service.ingest([MemoryItem("bench", user, t) for t in batch]))
+    elapsed = time.perf_counter() - started
+    return {"items": stored, "seconds": round(elapsed, 2), "items_per_s": round(stored / elapsed, 1)}
+
+
+def bulk_load(store: ChromaStore, total: int, users: int, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    per_user = total // users
+    now = time.time()
+    started = time.perf_counter()
+    for u in tqdm(range(users), desc=f"bulk {total}", leave=False):
+        vectors = rng.standard_normal((per_user, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        items = [
+            MemoryItem(
+                "bench",
+                f"user-{u}",
+                f"synthetic memory {u}-{i}: a short note the user once wrote.",
+                ts=now - i * 3600.0,
+            )
+            for i in range(per_user)
+        ]
+        for start in range(0, per_user, 1000):
+            store.add(items[start : start + 1000], vectors[start : start + 1000])
+    return time.perf_counter() - started
+
+
+async def bench_retrieval(service: MemoryService, questions: list[str], users: int, n: int) -> dict[str, Any]:
+    rng = random.Random(1)
+    samples: list[float] = []
+    tokens: list[int] = []
+    messages_base = [{"role": "system", "content": "You are helpful."}]
+    # Warm-up (model, collection handles) outside the timed loop.
+    for q in questions[:5]:
+        await service.compose("bench", "user-0", [*messages_base, {"role": "user", "content": q + " warm"}])
+    for q in tqdm(questions[:n], desc="retrieve", leave=False):
+        user = f"user-{rng.randrange(users)}"
+        started = time.perf_counter()
+        _, retrieval = await service.compose(
+            "bench", user, [*messages_base, {"role": "user", "content": q}], MemoryOptions(k=5)
+        )
+        samples.append((time.perf_counter() - started) * 1000.0)
+        tokens.append(retrieval.tokens)
+    return {
+        **percentiles(samples),
+        "queries": len(samples),
+        "mean_tokens_added": round(float(np.mean(tokens)), 1),
+    }
+
+
+def bench_layout(root: Path, total: int, users: int, queries: int) -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    out: dict[str, Any] = {"items": total, "users": users}
+    qv = rng.standard_normal((queries, DIM)).astype(np.float32)
+    qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+    for layout in ("per_user", "shared"):
+        store = ChromaStore(path=root / f"layout-{layout}", layout=layout)  # type: ignore[arg-type]
+        bulk_load(store, total, users, seed=3)
+        samples = []
+        for i in range(queries):
+            started = time.perf_counter()
+            store.query("bench", f"user-{i % users}", qv[i], 20)
+            samples.append((time.perf_counter() - started) * 1000.0)
+        out[layout] = percentiles(samples[5:])
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--modes", default="embedded,server")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ingest-items", type=int, default=1500)
+    parser.add_argument("--layout-items", type=int, default=20000)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+
+    load_before = os.getloadavg()
+    embedder = SentenceTransformerEmbedder(threads=args.torch_threads)
+    await embedder.warm()
+    prefs = explicit_preferences()
+    questions = [p["question"] for p in prefs]
+    # Chat-turn-sized texts (PrefEval preferences and questions, ~100-200 characters each).
+    texts = list(dict.fromkeys([p["preference"] for p in prefs] + questions))[: args.ingest_items]
+    results: dict[str, Any] = {"ingest": {}, "retrieval": {}, "layout": None, "config": vars(args)}
+    workdir = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
+    try:
+        console.print("[bold]layout[/bold]: per-user collections vs shared + filter")
+        results["layout"] = bench_layout(workdir, args.layout_items, 200, 300)
+        for mode in modes:
+            server = ChromaServerProcess(workdir / f"server-{mode}") if mode == "server" else None
+            try:
+                root = workdir / f"{mode}-ingest"
+                service = make_service(root, embedder, mode, server.port if server else None)
+                results["ingest"][mode] = await bench_ingest(service, texts, 50)
+                service.close()
+                for size in sizes:
+                    root = workdir / f"{mode}-{size}"
+                    prefix = f"b{size}"
+                    service = make_service(
+                        root, embedder, mode, server.port if server else None, collection_prefix=prefix
+                    )
+                    assert isinstance(service.store, ChromaStore)
+                    load_s = bulk_load(service.store, size, USERS)
+                    stats = await bench_retrieval(service, questions, USERS, args.queries)
+                    stats["bulk_load_s"] = round(load_s, 1)
+                    results["retrieval"].setdefault(mode, {})[str(size)] = stats
+                    console.print(f"{mode} {size}: {stats}")
+                    service.close()
+            finally:
+                if server is not None:
+                    server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        embedder.close()
+
+    results["loadavg_before"] = load_before
+    results["loadavg_after"] = os.getloadavg()
+    results["ingest_mean_chars"] = round(sum(map(len, texts)) / len(texts), 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps(results, indent=2))
+    report(results)
+    plot(results)
+
+
+def report(results: dict[str, Any]) -> None:
+    table = Table(title="Memory: retrieval + composition (embed query, search, rank, compose)")
+    for col in ("mode", "items", "users", "p50 ms", "p95 ms", "tokens added", "bulk load s"):
+        table.add_column(col)
+    for mode, by_size in results["retrieval"].items():
+        for size, s in by_size.items():
+            table.add_row(
+                mode,
+                size,
+                str(USERS),
+                f"{s['p50_ms']:.1f}",
+                f"{s['p95_ms']:.1f}",
+                str(s["mean_tokens_added"]),
+                str(s["bulk_load_s"]),
+            )
+    console.print(table)
+    ingest = Table(title="Memory: ingest (embed + durable write)")
+    for col in ("mode", "items", "seconds", "items/s"):
+        ingest.add_column(col)
+    for mode, s in results["ingest"].items():
+        ingest.add_row(mode, str(s["items"]), str(s["seconds"]), str(s["items_per_s"]))
+    console.print(ingest)
+    lay = results["layout"]
+    layout = Table(title=f"Collection layout: {lay['items']} items, {lay['users']} users, top-20 query")
+    for col in ("layout", "p50 ms", "p95 ms"):
+        layout.add_column(col)
+    for name in ("per_user", "shared"):
+        layout.add_row(name, f"{lay[name]['p50_ms']:.2f}", f"{lay[name]['p95_ms']:.2f}")
+    console.print(layout)
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, by_size in results["retrieval"].items():
+        sizes = sorted(int(s) for s in by_size)
+        ax.plot(sizes, [by_size[str(s)]["p50_ms"] for s in sizes], marker="o", label=f"{mode} p50")
+        ax.plot(
+            sizes, [by_size[str(s)]["p95_ms"] for s in sizes], marker="x", linestyle="--", label=f"{mode} p95"
+        )
+    ax.axhline(15, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(30, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("items stored (1k users)")
+    ax.set_ylabel("retrieval + composition (ms)")
+    ax.legend()
+    ax.set_title("Rapport memory latency (2 CPU cores)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "memory.png", dpi=120)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,154 @@
+"""Request building shared by the sync and async clients: paths, params, errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+USER_HEADER = "X-Rapport-User"
+
+
+class RapportError(Exception):
+    """An error answer from Rapport (`{"error": {message, type, param, code}}`) or a transport failure."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.param = param
+        self.code = code
+
+
+class NotFoundError(RapportError):
+    pass
+
+
+@dataclass(slots=True)
+class Call:
+    method: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    json: Any = None
+
+    def clean_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if v is not None}
+
+
+def root_url(base_url: str) -> str:
+    """Accept the server root or its OpenAI base (`.../v1`)."""
+    url = base_url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def raise_for(response: httpx.Response) -> Any:
+    if response.status_code < 400:
+        return response.json()
+    try:
+        err = response.json().get("error") or {}
+    except ValueError:
+        err = {}
+    message = err.get("message") or response.text[:500] or f"HTTP {response.status_code}"
+    cls = NotFoundError if response.status_code == 404 else RapportError
+    raise cls(
+        message,
+        status=response.status_code,
+        type=err.get("type"),
+        param=err.get("param"),
+        code=err.get("code"),
+    )
+
+
+# -- the admin calls, one builder each ------------------------------------------------------------------
+
+
+def users_list(tenant: str | None, limit: int, offset: int) -> Call:
+    return Call("GET", "/admin/users", {"tenant": tenant, "limit": limit, "offset": offset})
+
+
+def users_get(user: str, tenant: str) -> Call:
+    return Call("GET", f"/admin/users/{seg(user)}", {"tenant": tenant})
+
+
+def users_forget(user: str, tenant: str) -> Call:
+    return Call("DELETE", f"/admin/users/{seg(user)}", {"tenant": tenant})
+
+
+def users_export(user: str, tenant: str) -> Call:
+    return Call("GET", f"/admin/users/{seg(user)}/export", {"tenant": tenant})
+
+
+def users_import(user: str, data: dict[str, Any], tenant: str) -> Call:
+    body = {"items": data.get("items", []), "summaries": data.get("summaries", [])}
+    return Call("POST", f"/admin/users/{seg(user)}/import", {"tenant": tenant}, body)
+
+
+def memories_list(user: str, tenant: str, q: str | None, limit: int, offset: int, **filters: Any) -> Call:
+    return Call(
+        "GET",
+        f"/admin/users/{seg(user)}/memories",
+        {"tenant": tenant, "q": q, "limit": limit, "offset": offset, **filters},
+    )
+
+
+def memories_add(user: str, tenant: str, body: dict[str, Any]) -> Call:
+    return Call(
+        "POST",
+        f"/admin/users/{seg(user)}/memories",
+        {"tenant": tenant},
+        {k: v for k, v in body.items() if v is not None},
+    )
+
+
+def memories_get(user: str, memory_id: str, tenant: str) -> Call:
+    return Call("GET", f"/admin/users/{seg(user)}/memories/{seg(memory_id)}", {"tenant": tenant})
+
+
+def memories_update(user: str, memory_id: str, tenant: str, body: dict[str, Any]) -> Call:
+    return Call(
+        "PATCH",
+        f"/admin/users/{seg(user)}/memories/{seg(memory_id)}",
+        {"tenant": tenant},
+        {k: v for k, v in body.items() if v is not None},
+    )
+
+
+def memories_delete(user: str, memory_id: str, tenant: str) -> Call:
+    return Call("DELETE", f"/admin/users/{seg(user)}/memories/{seg(memory_id)}", {"tenant": tenant})
+
+
+def summaries_list(user: str, tenant: str, task: str | None) -> Call:
+    return Call("GET", f"/admin/users/{seg(user)}/summaries", {"tenant": tenant, "task": task})
+
+
+def summaries_regenerate(user: str, tenant: str, task: str | None) -> Call:
+    return Call("POST", f"/admin/users/{seg(user)}/summaries/regenerate", {"tenant": tenant}, {"task": task})
+
+
+def jobs_list(
+    status: str | None, kind: str | None, tenant: str | None, user: str | None, limit: int, offset: int
+) -> Call:
+    return Call(
+        "GET",
+        "/admin/jobs",
+        {"status": status, "kind": kind, "tenant": tenant, "user": user, "limit": limit, "offset": offset},
+    )
+
+
+def jobs_get(job_id: str) -> Call:
+    return Call("GET", f"/admin/jobs/{seg(job_id)}")

@@ -1,0 +1,204 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from rapport import _base as b
+from rapport.types import (
+    Forgotten,
+    ImportResult,
+    Job,
+    JobList,
+    Memory,
+    MemoryList,
+    Summary,
+    UserList,
+    UserProfile,
+)
+
+if TYPE_CHECKING:
+    import openai
+
+
+class _Namespace:
+    def __init__(self, client: Rapport) -> None:
+        self._client = client
+
+    def _run(self, call: b.Call) -> Any:
+        return self._client._request(call)
+
+    def _tenant(self, tenant: str | None) -> str:
+        return tenant or self._client.tenant
+
+
+class Users(_Namespace):
+    def list(self, *, tenant: str | None = None, limit: int = 50, offset: int = 0) -> UserList:
+        return UserList.model_validate(self._run(b.users_list(tenant, limit, offset)))
+
+    def get(self, user: str, *, tenant: str | None = None) -> UserProfile:
+        return UserProfile.model_validate(self._run(b.users_get(user, self._tenant(tenant))))
+
+    def forget(self, user: str, *, tenant: str | None = None) -> Forgotten:
+        return Forgotten.model_validate(self._run(b.users_forget(user, self._tenant(tenant))))
+
+    def export(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = self._run(b.users_export(user, self._tenant(tenant)))
+        return data
+
+    def import_(self, user: str, data: dict[str, Any], *, tenant: str | None = None) -> ImportResult:
+        return ImportResult.model_validate(self._run(b.users_import(user, data, self._tenant(tenant))))
+
+
+class Memories(_Namespace):
+    def list(
+        self, user: str, *, tenant: str | None = None, limit: int = 50, offset: int = 0, **filters: Any
+    ) -> MemoryList:
+        return MemoryList.model_validate(
+            self._run(b.memories_list(user, self._tenant(tenant), None, limit, offset, **filters))
+        )
+
+    def search(
+        self, user: str, q: str, *, tenant: str | None = None, limit: int = 10, **filters: Any
+    ) -> builtins.list[Memory]:
+        found = MemoryList.model_validate(
+            self._run(b.memories_list(user, self._tenant(tenant), q, limit, 0, **filters))
+        )
+        return found.data
+
+    def add(
+        self,
+        user: str,
+        text: str,
+        *,
+        tenant: str | None = None,
+        role: str = "user",
+        conversation_id: str | None = None,
+        task: str | None = None,
+        ts: float | None = None,
+    ) -> Memory:
+        body = {"text": text, "role": role, "conversation_id": conversation_id, "task": task, "ts": ts}
+        return Memory.model_validate(self._run(b.memories_add(user, self._tenant(tenant), body)))
+
+    def get(self, user: str, memory_id: str, *, tenant: str | None = None) -> Memory:
+        return Memory.model_validate(self._run(b.memories_get(user, memory_id, self._tenant(tenant))))
+
+    def update(
+        self,
+        user: str,
+        memory_id: str,
+        *,
+        tenant: str | None = None,
+        text: str | None = None,
+        role: str | None = None,
+        conversation_id: str | None = None,
+        task: str | None = None,
+    ) -> Memory:
+        body = {"text": text, "role": role, "conversation_id": conversation_id, "task": task}
+        return Memory.model_validate(
+            self._run(b.memories_update(user, memory_id, self._tenant(tenant), body))
+        )
+
+    def delete(self, user: str, memory_id: str, *, tenant: str | None = None) -> bool:
+        return bool(self._run(b.memories_delete(user, memory_id, self._tenant(tenant)))["deleted"])
+
+
+class Summaries(_Namespace):
+    def list(
+        self, user: str, *, tenant: str | None = None, task: str | None = None
+    ) -> builtins.list[Summary]:
+        data = self._run(b.summaries_list(user, self._tenant(tenant), task))["data"]
+        return [Summary.model_validate(s) for s in data]
+
+    def regenerate(
+        self, user: str, *, tenant: str | None = None, task: str | None = None
+    ) -> builtins.list[str]:
+        return list(self._run(b.summaries_regenerate(user, self._tenant(tenant), task))["job_ids"])
+
+
+class Jobs(_Namespace):
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        tenant: str | None = None,
+        user: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> JobList:
+        return JobList.model_validate(self._run(b.jobs_list(status, kind, tenant, user, limit, offset)))
+
+    def get(self, job_id: str) -> Job:
+        return Job.model_validate(self._run(b.jobs_get(job_id)))
+
+    def wait(self, job_id: str, *, timeout: float = 120.0, interval: float = 0.2) -> Job:
+        """Poll until the job succeeded or failed (raises TimeoutError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.done:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status}")
+            time.sleep(interval)
+
+
+class Rapport:
+    """Client for a Rapport server: `.openai(user=...)` for chat, typed admin namespaces for memory.
+
+    `api_key` is a proxy key (for `.openai`), `admin_key` the admin key (for the namespaces).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        api_key: str | None = None,
+        admin_key: str | None = None,
+        *,
+        tenant: str = "default",
+        timeout: float = 60.0,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = b.root_url(base_url)
+        self.api_key = api_key
+        self.admin_key = admin_key
+        self.tenant = tenant
+        headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self._http = http_client or httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.users = Users(self)
+        self.memories = Memories(self)
+        self.summaries = Summaries(self)
+        self.jobs = Jobs(self)
+
+    def openai(self, user: str, **kwargs: Any) -> openai.OpenAI:
+        """An `openai.OpenAI` pointed at Rapport and bound to `user` (every request names them)."""
+        import openai
+
+        headers = {**kwargs.pop("default_headers", {}), b.USER_HEADER: user}
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key=self.api_key or "sk-local",
+            default_headers=headers,
+            **kwargs,
+        )
+
+    def _request(self, call: b.Call) -> Any:
+        try:
+            response = self._http.request(call.method, call.path, params=call.clean_params(), json=call.json)
+        except httpx.HTTPError as exc:
+            raise b.RapportError(f"cannot reach Rapport at {self.base_url}: {exc}") from exc
+        return b.raise_for(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Rapport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
