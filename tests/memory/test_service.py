@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -242,3 +243,16 @@ async def test_summary_inputs_keep_an_old_preference(make_service: MakeService) 
     assert previous is None and len(texts) == 10
     assert texts[0] == old.text  # oldest first, selected for relevance to the task description
     assert texts[-1] == chatter[-1].text  # and the most recent ones
+
+
+async def test_editable_template_is_reloaded(make_service: MakeService, tmp_path: Path) -> None:
+    template = tmp_path / "block.txt"
+    template.write_text("<user_memory>\nFacts:\n$summary$items</user_memory>\n")
+    service = make_service(summaries=False, template_path=str(template))
+    await service.ingest(items("t", "u", FACTS[:1]))
+    first = await service.retrieve("t", "u", "food", MemoryOptions(k=1))
+    assert first.block.startswith("<user_memory>\nFacts:\n- [")
+    template.write_text("<user_memory>\nKnown about the user:\n$items</user_memory>\n")
+    os.utime(template, (time.time() + 5, time.time() + 5))  # a new mtime even within the same second
+    second = await service.retrieve("t", "u", "food", MemoryOptions(k=1))
+    assert second.block.startswith("<user_memory>\nKnown about the user:\n- [")
