@@ -1,0 +1,225 @@
+"""Isolation as a property (issue 6 item 2; OWASP LLM02, LLM08).
+
+hypothesis drives random sequences of chats, admin adds, edits, imports (some claiming another owner),
+RPM history imports and forgets over two tenants x two user ids (the same ids in both tenants). Every text
+carries a unique marker; the invariant: no marker of one (tenant, user) ever appears in another's composed
+prompt, semantic search, memory list, export (items and summaries), RPM history or the tenant's user list.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from proxy.app import create_app
+from tests.conftest import ADMIN_KEY, API_KEY, API_KEY_B, rapport_settings
+from tests.support.servers import ThreadedServer
+from tests.support.upstream import ScriptedUpstream
+
+TENANTS = {"tenant-a": API_KEY, "tenant-b": API_KEY_B}
+NAMES = ("alice", "bob")
+MARKER = re.compile(r"mk\d+x\d+")
+_example = itertools.count()
+_marker = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(_scripted_session: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = rapport_settings(
+        tmp_path_factory.mktemp("isolation"),
+        _scripted_session.base_url,
+        # Summaries every two items: the scripted upstream echoes the summary prompt, so a summary holds
+        # exactly the items it was built from, and a leak into it shows.
+        memory={"top_k": 20, "token_budget": 8000, "summary_every": 2, "mmr_lambda": 1.0},
+    )
+    _scripted_session.reset()
+    srv = ThreadedServer(create_app(settings)).start()
+    try:
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+class World:
+    def __init__(self, url: str, upstream: ScriptedUpstream) -> None:
+        self.url = url
+        self.upstream = upstream
+        self.http = httpx.Client(timeout=60)
+        n = next(_example)
+        self.users = {name: f"x{n}-{name}" for name in NAMES}
+        self.live: dict[tuple[str, str], set[str]] = {}
+        self.ever: dict[tuple[str, str], set[str]] = {}
+
+    def principals(self) -> list[tuple[str, str]]:
+        return [(t, u) for t in TENANTS for u in self.users.values()]
+
+    def marker(self, owner: tuple[str, str]) -> str:
+        mark = f"mk{next(_marker)}x{len(self.ever)}"
+        self.ever.setdefault(owner, set()).add(mark)
+        return mark
+
+    def admin(self, method: str, path: str, tenant: str, **kwargs: Any) -> httpx.Response:
+        return self.http.request(
+            method,
+            f"{self.url}/admin/users/{path}".rstrip("/"),
+            params={"tenant": tenant, **kwargs.pop("params", {})},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            **kwargs,
+        )
+
+    def chat(self, tenant: str, user: str, text: str, *, store: bool) -> dict[str, Any]:
+        response = self.http.post(
+            f"{self.url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {TENANTS[tenant]}", "x-rapport-user": user},
+            json={"model": "test-model", "messages": [{"role": "user", "content": text}], "rapport": {"memory": {"store": store}}},
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def items(self, tenant: str, user: str) -> list[dict[str, Any]]:
+        response = self.admin("GET", f"{user}/memories", tenant, params={"limit": 1000})
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    # -- operations -----------------------------------------------------------------------------------
+
+    def apply(self, op: tuple[Any, ...]) -> None:
+        kind, tenant, name = op[0], op[1], self.users[op[2]]
+        owner = (tenant, name)
+        if kind == "chat":
+            mark = self.marker(owner)
+            self.chat(tenant, name, f"I like {mark} very much", store=True)
+            self.live.setdefault(owner, set()).add(mark)
+            # Recording happens after the response, off the request path: wait until it is stored.
+            deadline = time.monotonic() + 30
+            while not any(mark in it["text"] for it in self.items(tenant, name)):
+                assert time.monotonic() < deadline, f"chat turn {mark} never recorded"
+                time.sleep(0.05)
+        elif kind == "add":
+            mark = self.marker(owner)
+            response = self.admin("POST", f"{name}/memories", tenant, json={"text": f"note {mark}"})
+            assert response.status_code == 201, response.text
+            self.live.setdefault(owner, set()).add(mark)
+        elif kind == "edit":
+            items = self.items(tenant, name)
+            if items:
+                target = items[0]
+                mark = self.marker(owner)
+                response = self.admin("PATCH", f"{name}/memories/{target['id']}", tenant, json={"text": f"edited {mark}"})
+                assert response.status_code == 200, response.text
+                self.live[owner] -= set(MARKER.findall(target["text"]))
+                self.live[owner].add(mark)
+        elif kind == "import":
+            # The import claims another owner in its items: it must land with the user in the URL, or nowhere.
+            claimed_tenant, claimed_user = op[3], self.users[op[4]]
+            mark = self.marker(owner)
+            body = {"items": [{"text": f"imported {mark}", "tenant": claimed_tenant, "user": claimed_user}]}
+            response = self.admin("POST", f"{name}/import", tenant, json=body)
+            assert response.status_code in (201, 400, 422), response.text
+            if response.status_code == 201:
+                self.live.setdefault(owner, set()).add(mark)
+        elif kind == "rpm":
+            mark = self.marker(owner)
+            body = {"items": [{"input": f"question {mark}", "response": f"answer {mark}"}], "build": False}
+            response = self.http.post(
+                f"{self.url}/admin/users/{name}/history",
+                params={"tenant": tenant},
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                json=body,
+            )
+            assert response.status_code == 201, response.text
+        elif kind == "forget":
+            response = self.admin("DELETE", name, tenant)
+            assert response.status_code == 200, response.text
+            self.live[owner] = set()
+
+    # -- the invariant ------------------------------------------------------------------------------
+
+    def prompt_for(self, text: str) -> str:
+        """The system message the upstream received for the chat whose user message is `text`."""
+        for seen in reversed(list(self.upstream.requests)):
+            messages = seen.json.get("messages") or []
+            if messages and messages[-1].get("content") == text:
+                return str(messages[0].get("content")) if messages[0].get("role") == "system" else ""
+        raise AssertionError(f"the upstream never received {text!r}")
+
+    def check(self) -> None:
+        for owner in self.principals():
+            tenant, user = owner
+            own_ever = self.ever.get(owner, set())
+            others = set().union(set(), *(m for p, m in self.ever.items() if p != owner)) - own_ever
+            seen: dict[str, set[str]] = {}
+            items = self.items(tenant, user)
+            assert all(it["tenant"] == tenant and it["user"] == user for it in items)
+            seen["memory list"] = {m for it in items for m in MARKER.findall(it["text"])}
+            # Exactly the live items: nothing lost, nothing foreign, nothing forgotten comes back.
+            assert seen["memory list"] == self.live.get(owner, set()), (owner, seen["memory list"])
+            response = self.admin("GET", f"{user}/export", tenant)
+            assert response.status_code in (200, 404), response.text
+            export = response.json() if response.status_code == 200 else {"items": [], "summaries": []}
+            if response.status_code == 404:
+                assert not self.live.get(owner), f"{owner}: export is 404 but items are live"
+            seen["export"] = set(MARKER.findall(str(export["items"])))
+            seen["summaries"] = set(MARKER.findall(str(export["summaries"])))
+            history = self.http.get(
+                f"{self.url}/admin/users/{user}/rpm/history",
+                params={"tenant": tenant},
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            )
+            seen["rpm history"] = set(MARKER.findall(history.text))
+            # Ask for other users' markers by name, in search and in a chat: nothing of theirs may come back.
+            for probe in sorted(others)[:1] or ["anything"]:
+                search = self.admin("GET", f"{user}/memories", tenant, params={"q": f"I like {probe}"})
+                seen.setdefault("search", set()).update(MARKER.findall(str(search.json()["data"])))
+                question = f"tell me about {probe} ({next(_marker)})"
+                self.chat(tenant, user, question, store=False)
+                seen.setdefault("prompt", set()).update(MARKER.findall(self.prompt_for(question)))
+            for where, marks in seen.items():
+                leaked = marks & others
+                assert not leaked, f"{owner}: markers of other users in its {where}: {sorted(leaked)}"
+        for tenant in TENANTS:
+            listed = self.admin("GET", "", tenant, params={"limit": 1000}).json()["data"]
+            assert all(row["tenant"] == tenant for row in listed), listed
+
+
+OPS = st.one_of(
+    st.tuples(st.just("chat"), st.sampled_from(list(TENANTS)), st.sampled_from(NAMES)),
+    st.tuples(st.just("add"), st.sampled_from(list(TENANTS)), st.sampled_from(NAMES)),
+    st.tuples(st.just("edit"), st.sampled_from(list(TENANTS)), st.sampled_from(NAMES)),
+    st.tuples(
+        st.just("import"),
+        st.sampled_from(list(TENANTS)),
+        st.sampled_from(NAMES),
+        st.sampled_from(list(TENANTS)),
+        st.sampled_from(NAMES),
+    ),
+    st.tuples(st.just("rpm"), st.sampled_from(list(TENANTS)), st.sampled_from(NAMES)),
+    st.tuples(st.just("forget"), st.sampled_from(list(TENANTS)), st.sampled_from(NAMES)),
+)
+
+
+@given(ops=st.lists(OPS, min_size=2, max_size=6))
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    # Each example runs real requests; shrinking a failure would take minutes, and the report names the owner.
+    phases=[Phase.explicit, Phase.generate],
+)
+def test_no_user_ever_sees_another_users_data(server: str, _scripted_session: ScriptedUpstream, ops: list[Any]) -> None:
+    world = World(server, _scripted_session)
+    try:
+        for op in ops:
+            world.apply(op)
+        world.check()
+    finally:
+        world.http.close()
