@@ -100,7 +100,8 @@ class VASStage:
         async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
             return await router.request(ctx.model, path, body)
 
-        return CompletionsLM(post, self._plugin.engine.render, ctx.model, dict(settings.upstream_extra))
+        return CompletionsLM(post, self._plugin.engine.render, ctx.model, dict(settings.upstream_extra),
+                             dict(settings.logprob_extra))
 
     def _messages(self, ctx: RequestContext) -> list[dict[str, Any]]:
         return [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in ctx.body["messages"]]

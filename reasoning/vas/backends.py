@@ -116,10 +116,10 @@ class TorchSession:
         from transformers import DynamicCache
 
         keep = _common_len(self._ids, target)
-        if self._cache is None:
+        if self._cache is None or keep == 0:
             self._cache, keep = DynamicCache(), 0
         elif keep < len(self._ids):
-            self._cache.crop(keep)
+            self._cache.crop(keep - len(self._ids))  # negative: drop that many tokens from the end
             self.stats.tokens_rerun += max(0, min(len(target), len(self._ids)) - keep)
         new = target[keep:]
         if new:

@@ -76,12 +76,17 @@ class CompletionsLM:
     render: Callable[[Messages], str]
     model: str = "base"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Sent with the top-k calls: min_tokens=1 keeps a greedy end-of-answer from returning no logprobs
+    # at all (llama.cpp, vLLM); the end token still shows, with its raw log-probability, in the list.
+    logprob_extra: dict[str, Any] = field(default_factory=lambda: {"min_tokens": 1})
     stats: CallStats = field(default_factory=CallStats)
 
-    async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, body: dict[str, Any], sampling: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            return await self.post("completions", {"model": self.model, **self.extra, **body})
+            # Sampling extras (e.g. llama.cpp's top_k/min_p) must not touch the top-k logprob calls.
+            extra = self.extra if sampling else self.logprob_extra
+            return await self.post("completions", {"model": self.model, **extra, **body})
         finally:
             self.stats.calls += 1
             self.stats.seconds += time.perf_counter() - started
@@ -94,6 +99,8 @@ class CompletionsLM:
         choice = data["choices"][0]
         tops = (choice.get("logprobs") or {}).get("top_logprobs") or []
         if not tops:
+            if choice.get("finish_reason") == "stop":
+                return [TokenChoice("", 0.0)]  # the server ended the answer before any token
             raise ValueError("upstream returned no top_logprobs")
         return _top_k([TokenChoice(t, float(lp)) for t, lp in tops[0].items()], k)
 
@@ -107,7 +114,8 @@ class CompletionsLM:
                 "temperature": temperature,
                 "top_p": top_p,
                 "seed": seed,
-            }
+            },
+            sampling=True,
         )
         choice = data["choices"][0]
         used = int((data.get("usage") or {}).get("completion_tokens") or 0)
@@ -128,10 +136,12 @@ class ChatPrefillLM:
         flags = {"continue_final_message": True, "add_generation_prompt": False}
         return [*messages, {"role": "assistant", "content": partial}], flags
 
-    async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, body: dict[str, Any], sampling: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            return await self.post("chat/completions", {"model": self.model, **self.extra, **body})
+            # Sampling extras (e.g. llama.cpp's top_k/min_p) must not touch the top-k logprob calls.
+            extra = self.extra if sampling else {}
+            return await self.post("chat/completions", {"model": self.model, **extra, **body})
         finally:
             self.stats.calls += 1
             self.stats.seconds += time.perf_counter() - started
@@ -142,8 +152,11 @@ class ChatPrefillLM:
             {"messages": msgs, **flags, "max_tokens": 1, "logprobs": True, "top_logprobs": k, "temperature": 0.0}
         )
         self.stats.tokens += 1
-        content = ((data["choices"][0].get("logprobs") or {}).get("content")) or []
+        choice = data["choices"][0]
+        content = ((choice.get("logprobs") or {}).get("content")) or []
         if not content:
+            if choice.get("finish_reason") == "stop":
+                return [TokenChoice("", 0.0)]
             raise ValueError("upstream returned no top_logprobs")
         return _top_k([TokenChoice(t["token"], float(t["logprob"])) for t in content[0]["top_logprobs"]], k)
 
@@ -152,7 +165,8 @@ class ChatPrefillLM:
     ) -> Block:
         msgs, flags = self._messages(messages, partial)
         data = await self._call(
-            {"messages": msgs, **flags, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+            {"messages": msgs, **flags, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed},
+            sampling=True,
         )
         choice = data["choices"][0]
         used = int((data.get("usage") or {}).get("completion_tokens") or 0)

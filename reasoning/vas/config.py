@@ -50,6 +50,8 @@ class VASSettings(BaseModel):
     prompt_template: Path | None = None
     # Extra sampling fields sent with every base-model call (e.g. {"top_k": 0, "min_p": 0} for llama.cpp).
     upstream_extra: dict[str, Any] = Field(default_factory=dict)
+    # Extra fields for the top-k log-probability calls of `completions` (drop for APIs that reject them).
+    logprob_extra: dict[str, Any] = Field(default_factory=lambda: {"min_tokens": 1})
     torch_threads: int = Field(default=1, ge=1, le=256)
     store_file: str = "vas.sqlite3"
     # Where `rapport values train` keeps the dequantized default backbone; None: DATA_DIR/vas/backbones.

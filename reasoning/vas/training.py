@@ -204,7 +204,8 @@ def train_value_model(
     start_epoch = 0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
-        if state.get("config") == config.model_dump():
+        # Same settings (more epochs allowed) continue where the last run stopped; others start over.
+        if _resumable(state.get("config"), config):
             model.load_state_dict(state["trainable"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, result.losses, result.epoch_losses = state["epoch"], state["losses"], state["epoch_losses"]
@@ -254,6 +255,15 @@ def train_value_model(
             "epoch_losses": result.epoch_losses}
     result.export_dir = export(model, tokenizer, out_dir / EXPORT_DIR, info)
     return result
+
+
+def _resumable(saved: dict[str, Any] | None, config: TrainConfig) -> bool:
+    if saved is None:
+        return False
+    now = config.model_dump()
+    return {k: v for k, v in saved.items() if k != "epochs"} == {k: v for k, v in now.items() if k != "epochs"} and (
+        saved["epochs"] <= now["epochs"]
+    )
 
 
 def plot_losses(result: TrainResult, path: Path) -> None:
