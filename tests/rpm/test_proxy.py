@@ -181,3 +181,21 @@ def test_reasoning_is_kept_out_of_the_answer_unless_asked(built, scripted_upstre
             extra_body={"rapport": {"rpm": {"mode": "cheap", "return_reasoning": keep}}},
         )
         assert result.choices[0].message.content == expected, json.dumps(result.model_dump())[:300]
+
+
+def test_opted_out_and_unrecorded_exchanges_are_not_learnt(make_rapport, scripted_upstream) -> None:
+    h = make_rapport(plugins=RPM_ONLY)
+    client = openai.OpenAI(base_url=h.base_url, api_key=h.api_key)
+    for extra in ({"rapport": {"rpm": False}}, {"rapport": {"record": False}}):
+        result = client.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "Rate: Quay, seafood."}], user="carol",
+            extra_body=extra,
+        )
+        assert result.choices[0].message.content
+    # A later recorded exchange is learnt; the two above never were (checked after it landed).
+    client.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "Rate: Wharf, seafood."}], user="carol"
+    )
+    with admin(h) as c:
+        entries = wait_until(lambda: c.get(f"/admin/users/carol/rpm/history?tenant={TENANT}").json()["data"])
+    assert [e["input"] for e in entries] == ["Rate: Wharf, seafood."]
