@@ -53,6 +53,8 @@ class Retrieval:
     tokens: int = 0
     candidates: int = 0
     ms: float = 0.0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
 
     def details(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,8 @@ class Retrieval:
             "tokens_added": self.tokens,
             "candidates": self.candidates,
             "ms": round(self.ms, 3),
+            "embed_ms": round(self.embed_ms, 3),
+            "search_ms": round(self.search_ms, 3),
         }
 
 
@@ -195,6 +199,7 @@ class MemoryService:
         k = self.settings.top_k if options.k is None else options.k
         budget = self.settings.token_budget if options.budget is None else options.budget
         vector = (await self.embedder.embed([query or " "]))[0]
+        embedded = time.perf_counter()
         task = options.task or await self.tasks.infer(vector)
         summary = None
         if options.summary and self.settings.summaries:
@@ -203,6 +208,7 @@ class MemoryService:
             k = math.ceil(k * self.settings.summary_item_fraction)
         n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
         hits = await self._io(self.store.query, tenant, user, vector, n) if k > 0 else []
+        searched = time.perf_counter()
         hits = [h for h in hits if h.similarity >= self.settings.min_similarity]
         scores = score(
             hits,
@@ -214,6 +220,8 @@ class MemoryService:
         result = Retrieval(task=task, items=chosen[:used], summary=summary if block and summary else None)
         result.block, result.tokens, result.candidates = block, tokens, len(hits)
         result.ms = (time.perf_counter() - started) * 1000.0
+        result.embed_ms = (embedded - started) * 1000.0
+        result.search_ms = (searched - embedded) * 1000.0
         return result
 
     async def compose(
