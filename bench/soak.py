@@ -1,0 +1,338 @@
+"""Soak: hold a concurrency level against a real `rapport serve` process with memory on, for a while.
+
+A fast local fake upstream (`bench/fake_upstream.py`, its own process) answers every call, so what is
+measured is Rapport with memory: each chat names one of many users, gets a memory block composed from that
+user's past turns, and records its own turn after the response. At the end the items written are counted
+through the admin API and compared with the successful chats (each stores exactly one user turn).
+
+    python bench/soak.py                          # concurrency 64 for 10 minutes
+    python bench/soak.py --duration 60 --concurrency 16
+
+Reports requests served, 5xx count, items written against expected, latency percentiles, and the server's
+RSS after warm-up and at the end; writes `bench/results/soak.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ADMIN_KEY = "soak-admin-key-0123456789"
+API_KEY = "rk-soak-key"
+TOPICS = ["hiking", "jazz", "sourdough", "chess", "cycling", "tea", "birds", "sci-fi", "gardening", "python"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process and its children (uvicorn may fork workers)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids.extend(int(c) for c in children)
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+class FakeUpstreamProcess:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"fake upstream did not start: {line!r}")
+        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def write_config(data_dir: Path, upstream: str, memory: dict[str, Any] | None = None) -> Path:
+    import yaml
+
+    config = {
+        "data_dir": str(data_dir),
+        "local": {"enabled": False},
+        "model_list": [
+            {"model_name": "m", "litellm_params": {"model": "openai/fake", "api_base": upstream, "api_key": "x"}}
+        ],
+        "auth": {"admin_key": ADMIN_KEY, "static_keys": [{"key": API_KEY, "tenant": "soak"}]},
+        "memory": {"summary_every": 25, **(memory or {})},
+        "server": {"log_level": "warning"},
+    }
+    path = data_dir.parent / f"{data_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class RapportProcess:
+    """`rapport serve` in its own process group (so kill -9 takes the whole server), on a free port."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> RapportProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
+        env = {k: v for k, v in env.items() if not (k.startswith("RAPPORT_") and k != "RAPPORT_CONFIG")}
+        env.pop("RAPPORT_CONFIG", None)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config), "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rapport serve exited with {self.process.returncode}; see {self.log}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"rapport serve did not become ready in {timeout}s; see {self.log}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown hook, no flush, like a power cut."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    transport_errors: int = 0
+    ok_chats: int = 0
+
+
+async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, stop_at: float, tally: Tally) -> None:
+    n = 0
+    while time.monotonic() < stop_at:
+        n += 1
+        user = f"user-{(worker * 7919 + n) % users}"
+        topic = TOPICS[(worker + n) % len(TOPICS)]
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": f"I enjoy {topic}; soak turn {worker}-{n}. Any tips?"}],
+            "stream": n % 4 == 0,
+        }
+        started = time.perf_counter()
+        try:
+            response = await client.post(
+                f"{url}/v1/chat/completions",
+                headers={"authorization": f"Bearer {API_KEY}", "x-rapport-user": user},
+                json=body,
+            )
+            await response.aread()
+        except httpx.HTTPError:
+            tally.transport_errors += 1
+            continue
+        tally.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        tally.statuses[response.status_code] += 1
+        if response.status_code == 200 and b'"error"' not in response.content[-400:]:
+            tally.ok_chats += 1
+
+
+async def load(url: str, concurrency: int, users: int, seconds: float) -> Tally:
+    tally = Tally()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        stop_at = time.monotonic() + seconds
+        ticker = asyncio.create_task(_progress(tally, seconds, stop_at))
+        await asyncio.gather(*(_worker(client, url, w, users, stop_at, tally) for w in range(concurrency)))
+        ticker.cancel()
+    return tally
+
+
+async def _progress(tally: Tally, seconds: float, stop_at: float) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=round(seconds), unit="s", desc="load", file=sys.stderr, leave=False) as bar:
+        while True:
+            await asyncio.sleep(1.0)
+            bar.n = min(round(seconds), round(seconds - (stop_at - time.monotonic())))
+            bar.set_postfix(served=sum(tally.statuses.values()), e5xx=sum(n for s, n in tally.statuses.items() if s >= 500))
+            bar.refresh()
+
+
+def count_items(url: str) -> int:
+    total, offset = 0, 0
+    with httpx.Client(timeout=60, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as client:
+        while True:
+            page = client.get(f"{url}/admin/users", params={"tenant": "soak", "limit": 1000, "offset": offset}).json()
+            total += sum(int(row["items"]) for row in page["data"])
+            offset += len(page["data"])
+            if not page["data"] or offset >= page["total"]:
+                return total
+
+
+def wait_items(url: str, expected: int, timeout: float, settle: float = 15.0) -> int:
+    """Recording happens after each response, in the background: poll until the count reaches the
+    expectation, or stops moving for `settle` seconds (a loss), or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    seen, moved = count_items(url), time.monotonic()
+    while seen < expected and time.monotonic() < deadline and time.monotonic() - moved < settle:
+        time.sleep(0.5)
+        now = count_items(url)
+        if now != seen:
+            seen, moved = now, time.monotonic()
+    time.sleep(1.0)  # anything still in flight would push the count past `expected` (a duplicate)
+    return count_items(url)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100.0 * (len(ordered) - 1)))]
+
+
+def run_soak(
+    *, duration: float, concurrency: int, users: int, warmup: float, workdir: Path | None = None
+) -> dict[str, Any]:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="rapport-soak-"))
+    upstream = FakeUpstreamProcess()
+    server = RapportProcess(write_config(workdir / "data", upstream.base_url), workdir / "server.log")
+    try:
+        server.start()
+        warm = asyncio.run(load(server.url, concurrency, users, warmup))
+        rss_start = rss_bytes(server.pid)
+        started = time.monotonic()
+        tally = asyncio.run(load(server.url, concurrency, users, duration))
+        elapsed = time.monotonic() - started
+        rss_end = rss_bytes(server.pid)
+        expected = warm.ok_chats + tally.ok_chats
+        written = wait_items(server.url, expected, timeout=600)
+    finally:
+        server.stop()
+        upstream.stop()
+    served = sum(tally.statuses.values())
+    errors_5xx = sum(n for status, n in tally.statuses.items() if status >= 500)
+    return {
+        "duration_s": round(elapsed, 1),
+        "concurrency": concurrency,
+        "users": users,
+        "requests_served": served,
+        "throughput_rps": round(served / elapsed, 1) if elapsed else 0.0,
+        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "errors_5xx": errors_5xx,
+        "transport_errors": tally.transport_errors + warm.transport_errors,
+        "items_expected": expected,
+        "items_written": written,
+        "latency_ms": {
+            "p50": round(percentile(tally.latencies_ms, 50), 1),
+            "p95": round(percentile(tally.latencies_ms, 95), 1),
+            "p99": round(percentile(tally.latencies_ms, 99), 1),
+            "max": round(max(tally.latencies_ms, default=float("nan")), 1),
+        },
+        "rss_start_mb": round(rss_start / 2**20, 1),
+        "rss_end_mb": round(rss_end / 2**20, 1),
+        "rss_growth_pct": round(100.0 * (rss_end - rss_start) / rss_start, 1) if rss_start else None,
+        "warmup_s": warmup,
+        "server_log": str(server.log),
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Rapport soak: concurrency {result['concurrency']}, {result['duration_s']} s, memory on")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    rows = [
+        ("requests served", f"{result['requests_served']} ({result['throughput_rps']}/s)", ""),
+        ("5xx responses", str(result["errors_5xx"]), "0"),
+        ("transport errors", str(result["transport_errors"]), "0"),
+        ("items written / expected", f"{result['items_written']} / {result['items_expected']}", "equal"),
+        ("latency p50 / p95 / p99 (ms)", "{p50} / {p95} / {p99}".format(**result["latency_ms"]), ""),
+        ("server RSS start -> end (MB)", f"{result['rss_start_mb']} -> {result['rss_end_mb']}", ""),
+        ("RSS growth", f"{result['rss_growth_pct']}%", "< 10%"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of measured load (default 600)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--users", type=int, default=500, help="distinct end users the load spreads over")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load before RSS is sampled")
+    parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    args = parser.parse_args()
+    print(f"soak: concurrency {args.concurrency} for {args.duration:g}s after {args.warmup:g}s warm-up ...", flush=True)
+    result = run_soak(duration=args.duration, concurrency=args.concurrency, users=args.users, warmup=args.warmup)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    report(result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
