@@ -90,7 +90,14 @@ class RPMEngine:
         async with self._locks[(tenant, user)]:
             if rebuild:
                 await asyncio.to_thread(self.store.reset_user, tenant, user)
-            return await self.builder.run(tenant, user, mode=mode, progress=progress)
+            try:
+                return await self.builder.run(tenant, user, mode=mode, progress=progress)
+            except Exception as exc:
+                # The job queue retries; meanwhile the admin API shows why this attempt stopped.
+                await asyncio.to_thread(
+                    self.store.set_build, tenant, user, "failed", 0, 0, f"{exc.__class__.__name__}: {exc}"[:300]
+                )
+                raise
 
     async def forget(self, tenant: str, user: str) -> int:
         async with self._locks[(tenant, user)]:
@@ -118,6 +125,9 @@ class RPMEngine:
                 details["fallback"] = f"llm extraction unusable ({result.reason}); used the cheap extractor"
             except TimeoutError:
                 details["fallback"] = f"llm extraction over the {opts.budget_ms} ms budget; used the cheap extractor"
+            except Exception as exc:  # an upstream failure must not cost the request its personalization
+                log.warning("request-time feature extraction failed: %r", exc)
+                details["fallback"] = f"llm extraction failed ({exc.__class__.__name__}); used the cheap extractor"
         elif opts.mode in ("llm", "auto"):
             details["fallback"] = "no LLM configured for extraction; used the cheap extractor"
         return await self.cheap.extract(query)

@@ -157,3 +157,28 @@ def test_retrieval_scores_are_weighted_means() -> None:
     feats = np.eye(3, dtype=np.float32)[[0, 2, 1]]
     hits = feature_level(q, np.array([3.0, 1.0], dtype=np.float32), feats, [10, 10, 11], top_k=2)
     assert [(h.entry_id, round(h.score, 3)) for h in hits] == [(10, 0.75), (11, 0.25)]
+
+
+class _Broken:
+    async def chat(self, messages, **options):
+        raise ConnectionError("upstream down")
+
+
+async def test_upstream_failure_at_request_time_falls_back(make_engine) -> None:
+    engine = await _engine(make_engine, scripted())
+    engine.llm_extractor.llm = _Broken()
+    cond = await engine.condition("t", "u", QUERY, RPMRequestOptions(mode="llm"))
+    assert "ConnectionError" in cond.details["fallback"] and cond.details["extractor"] == "cheap"
+    assert cond.system is not None
+
+
+async def test_failed_build_is_reported_and_resumable(make_engine) -> None:
+    engine = make_engine(_Broken())
+    await engine.add_history("t", "u", [HistoryItem(input=QUERY, response="5")])
+    with pytest.raises(ConnectionError):
+        await engine.build("t", "u")
+    assert engine.store.build("t", "u")["state"] == "failed"
+    engine.llm_extractor.llm = scripted()
+    engine.builder.writer.llm = engine.llm_extractor.llm
+    report = await engine.build("t", "u")
+    assert report.extracted == 1 and engine.store.build("t", "u")["state"] == "done"
