@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--vllm-url", default=None)
     parser.add_argument("--vllm-model", default="value")
-    parser.add_argument("--work", default=str(RESULTS / ".vas-work"))
+    parser.add_argument("--work", default=str(ROOT / ".rapport" / "bench-vas"))
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--per-prompt", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=10)
@@ -201,9 +201,11 @@ def main() -> None:
         from tests.support.servers import free_port
 
         port = free_port()
+        (ROOT / ".rapport").mkdir(exist_ok=True)
         gguf = packaged_gguf()
         assert gguf is not None
-        proc = start_llama_server(gguf, port=port, n_ctx=4096, n_threads=2, log_file=RESULTS / ".vas-llama.log")
+        log = ROOT / ".rapport" / "bench-vas-llama.log"
+        proc = start_llama_server(gguf, port=port, n_ctx=4096, n_threads=2, log_file=log)
         args.base_url = f"http://127.0.0.1:{port}/v1"
         import httpx
 

@@ -60,3 +60,27 @@ def test_registry() -> None:
     with pytest.raises(KeyError):
         load_reward("no-such-reward")
     assert RewardFn("len", lambda p, r: len(r)).score("", "abc") == 3.0
+
+
+class _Judge:
+    """A ChatLLM that answers with fixed text: the judge's parsing is what is under test here."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.seen: list[list[dict[str, str]]] = []
+
+    async def chat(self, messages: list[dict[str, str]], **options: object) -> object:
+        from memory.llm import LLMResult
+
+        self.seen.append(messages)
+        return LLMResult(text=self.text, prompt_tokens=1, completion_tokens=1)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("8", 7 / 9), ("Rating: 10/10", 1.0), ("1", 0.0), ("great!", 0.5)])
+async def test_llm_judge_parses_ratings(text: str, expected: float) -> None:
+    from reasoning.vas.rewards import LLMJudgeReward
+
+    judge = _Judge(text)
+    reward = LLMJudgeReward(judge, criterion="polite")  # type: ignore[arg-type]
+    assert await reward.ascore("Q?", "A.") == pytest.approx(expected)
+    assert "polite" in judge.seen[0][0]["content"] and "A." in judge.seen[0][0]["content"]
