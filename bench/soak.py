@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ADMIN_KEY = "soak-admin-key-0123456789"
 API_KEY = "rk-soak-key"
+_SEQ = itertools.count()
 TOPICS = ["hiking", "jazz", "sourdough", "chess", "cycling", "tea", "birds", "sci-fi", "gardening", "python"]
 
 
@@ -176,7 +178,8 @@ async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, 
         topic = TOPICS[(worker + n) % len(TOPICS)]
         body = {
             "model": "m",
-            "messages": [{"role": "user", "content": f"I enjoy {topic}; soak turn {worker}-{n}. Any tips?"}],
+            # A unique text per request: the memory store drops exact duplicates for a user, by design.
+            "messages": [{"role": "user", "content": f"I enjoy {topic}; soak turn {next(_SEQ)}. Any tips?"}],
             "stream": n % 4 == 0,
         }
         started = time.perf_counter()
