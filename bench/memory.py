@@ -114,7 +114,9 @@ async def bench_retrieval(service: MemoryService, questions: list[str], users: i
     for q in questions[:n]:
         user = f"user-{rng.randrange(users)}"
         started = time.perf_counter()
-        await service.compose("bench", user, [*messages_base, {"role": "user", "content": q}], MemoryOptions(k=5))
+        await service.compose(
+            "bench", user, [*messages_base, {"role": "user", "content": q}], MemoryOptions(k=5)
+        )
         cached.append((time.perf_counter() - started) * 1000.0)
     return {
         **percentiles(samples),
@@ -211,18 +213,34 @@ async def main() -> None:
 
 def report(results: dict[str, Any]) -> None:
     table = Table(title="Memory: retrieval + composition (embed query, search, rank, compose)")
-    cols = ("mode", "items", "users", "p50 ms", "p95 ms", "embed p50", "search p50", "cached-query p50/p95",
-            "tokens added", "bulk load s")
+    cols = (
+        "mode",
+        "items",
+        "users",
+        "p50 ms",
+        "p95 ms",
+        "embed p50",
+        "search p50",
+        "cached-query p50/p95",
+        "tokens added",
+        "bulk load s",
+    )
     for col in cols:
         table.add_column(col)
     for mode, by_size in results["retrieval"].items():
         for size, s in by_size.items():
             cached = s.get("cached_query")
             table.add_row(
-                mode, size, str(USERS), f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
-                f"{s.get('embed_p50_ms', float('nan')):.1f}", f"{s.get('search_p50_ms', float('nan')):.1f}",
+                mode,
+                size,
+                str(USERS),
+                f"{s['p50_ms']:.1f}",
+                f"{s['p95_ms']:.1f}",
+                f"{s.get('embed_p50_ms', float('nan')):.1f}",
+                f"{s.get('search_p50_ms', float('nan')):.1f}",
                 f"{cached['p50_ms']:.1f} / {cached['p95_ms']:.1f}" if cached else "-",
-                str(s["mean_tokens_added"]), str(s["bulk_load_s"]),
+                str(s["mean_tokens_added"]),
+                str(s["bulk_load_s"]),
             )
     console.print(table)
     ingest = Table(title="Memory: ingest (embed + durable write)")

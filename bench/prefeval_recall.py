@@ -90,7 +90,9 @@ async def main() -> None:
     parser.add_argument("--judge", type=float, default=0.6)
     parser.add_argument("--no-summary", action="store_true")
     parser.add_argument(
-        "--summary-questions", type=int, default=5,
+        "--summary-questions",
+        type=int,
+        default=5,
         help="summary-augmented only for the first M sampled questions per N (each needs one SmolLM2 call)",
     )
     parser.add_argument("--summary-max-tokens", type=int, default=96)
@@ -206,7 +208,9 @@ def aggregate(rows: list[dict[str, Any]], turns: list[int], with_summary: bool) 
         aug = [r for r in sel if "augmented_hit" in r]
         if with_summary and aug:
             entry["augmented_questions"] = len(aug)
-            entry["retrieval_recall_same_questions"] = round(float(np.mean([r["retrieval_hit"] for r in aug])), 3)
+            entry["retrieval_recall_same_questions"] = round(
+                float(np.mean([r["retrieval_hit"] for r in aug])), 3
+            )
             sel = aug
             entry.update(
                 augmented_recall=round(float(np.mean([r["augmented_hit"] for r in sel])), 3),
