@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -10,6 +11,8 @@ import orjson
 
 from proxy.settings import ModelEntry
 from proxy.upstream.base import UpstreamFailure, upstream_model_name
+
+_DRAIN_TIMEOUT_S = 1.0
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -26,6 +29,17 @@ def _error_message(status: int, payload: Any) -> str:
     if isinstance(payload, dict) and "detail" in payload:
         return str(payload["detail"])
     return f"upstream answered HTTP {status}"
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the rest of a finished stream (normally just the end of the chunked body): only a fully read
+    response goes back to the pool; closing it unread costs the next stream a new TCP connection."""
+    try:
+        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the answer is complete either way; the connection just is not reused
 
 
 class HttpxBackend:
@@ -96,8 +110,9 @@ class HttpxBackend:
                     body=payload,
                 )
             finished = False
+            lines = response.aiter_lines()
             try:
-                async for line in response.aiter_lines():
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -117,6 +132,7 @@ class HttpxBackend:
                 raise UpstreamFailure(f"upstream stream broke: {exc.__class__.__name__}") from exc
             if not finished:
                 raise UpstreamFailure("upstream stream ended before [DONE]", status=502)
+            await _drain(lines)
         finally:
             # Closing the response closes the connection, which is how the upstream learns of a cancel.
             await response.aclose()
