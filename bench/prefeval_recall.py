@@ -93,7 +93,7 @@ async def main() -> None:
         "--summary-questions",
         type=int,
         default=5,
-        help="summary-augmented only for the first M sampled questions per N (each needs one SmolLM2 call)",
+        help="summary-augmented for M sampled questions per N, spread over topics (one SmolLM2 call each)",
     )
     parser.add_argument("--summary-max-tokens", type=int, default=96)
     parser.add_argument("--llm-threads", type=int, default=1)
@@ -128,6 +128,9 @@ async def main() -> None:
     )
     await jobs.start()
     rows: list[dict[str, Any]] = []
+    # Summary-augmented rows are spread evenly over the sample (so over topics), M per N.
+    step = max(1, len(records) // max(1, args.summary_questions))
+    summary_rows = set(range(0, len(records), step)[: args.summary_questions])
     started = time.perf_counter()
     try:
         for n in turns:
@@ -151,7 +154,7 @@ async def main() -> None:
                     "retrieval_hit": quote(rec["preference"]) in plain.block,
                     "retrieval_tokens": plain.tokens,
                 }
-                if llm is not None and i < args.summary_questions:
+                if llm is not None and i in summary_rows:
                     [job_id] = await service.request_summaries("prefeval", user)
                     job = await jobs.wait(job_id, within=600)
                     _, aug = await service.compose("prefeval", user, messages, MemoryOptions(k=args.k))
