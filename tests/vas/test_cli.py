@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from proxy.cli_values import app
 from reasoning.vas.value_model import load_value_model, read_meta
 
-pytestmark = pytest.mark.e2e
+# Session fixtures sample and train on 2 shared cores: their set-up can take many minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 
 def test_train_list_export(smollm2_url: str, backbone_dir: Path, tmp_path: Path) -> None:

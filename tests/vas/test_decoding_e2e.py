@@ -18,7 +18,8 @@ from reasoning.vas.value_model import render_prompt
 from tests.vas.conftest import Trained
 from tests.vas.data import HELD_OUT_PROMPTS
 
-pytestmark = pytest.mark.e2e
+# Session fixtures sample and train on 2 shared cores: their set-up can take many minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 PROMPT = [{"role": "user", "content": "Write one word that describes the sea."}]
 
 

@@ -12,7 +12,8 @@ import pytest
 from tests.support.servers import free_port
 from tests.vas.conftest import Trained
 
-pytestmark = pytest.mark.e2e
+# Session fixtures sample and train on 2 shared cores: their set-up can take many minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 
 def _settings(smollm2_url: str, trained: Trained, extra_models: list[dict[str, Any]] | None = None) -> dict[str, Any]:

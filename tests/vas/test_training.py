@@ -12,6 +12,8 @@ from reasoning.vas.value_model import load_value_model, read_meta, render_prompt
 from tests.vas.conftest import TRAIN_CONFIG, Trained
 from tests.vas.data import RANKING_PAIRS
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
 
 def ranking_auc(model_dir: Path) -> float:
     """P(V(positive text) > V(negative text)) over all held-out pairs."""

@@ -22,6 +22,7 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(2400),
     pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=".venv-vllm is absent: run scripts/setup_vllm.sh"),
 ]
 
