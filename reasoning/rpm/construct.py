@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from memory.embedding import Embedder
 from reasoning.rpm.config import RPMSettings
 from reasoning.rpm.extract import ExtractionResult, KeyphraseExtractor, LLMFeatureExtractor
-from reasoning.rpm.factors import build_factors, describe_factor
-from reasoning.rpm.reasoning import ReasoningWriter, template_path
+from reasoning.rpm.factors import build_factors
+from reasoning.rpm.reasoning import FactorMap, ReasoningWriter, template_path
 from reasoning.rpm.store import RPMStore
 
 log = logging.getLogger("rapport.rpm.construct")
@@ -109,17 +109,17 @@ class Builder:
             report.extracted += 1
             await tick()
 
-        factor_lines = await self.recluster(tenant, user)
-        report.factors = len(factor_lines)
+        factors = await self.recluster(tenant, user)
+        report.factors = len(factors)
         await tick()
 
         targets = await asyncio.to_thread(self.store.entry_ids, tenant, user, "extracted")
         total = done + len(targets)
         for entry in await asyncio.to_thread(self.store.entries, tenant, user, ids=targets, details=True):
             if self.writer is None or mode == "cheap":
-                text, source = template_path(entry.features, factor_lines, entry.response), "template"
+                text, source = template_path(entry.features, factors, entry.response), "template"
             else:
-                path = await self.writer.write(entry.input, entry.response, entry.features, factor_lines)
+                path = await self.writer.write(entry.input, entry.response, entry.features, factors)
                 report.llm_calls += 1 if path.source == "llm" else self.writer.retries + 1
                 text, source = path.text, path.source
             vec = (await self.embedder.embed([text[:2000]]))[0]
@@ -138,7 +138,7 @@ class Builder:
         log.info("rpm build %s/%s: %s", tenant, user, message)
         return report
 
-    async def recluster(self, tenant: str, user: str) -> dict[int, str]:
+    async def recluster(self, tenant: str, user: str) -> FactorMap:
         """Re-derive all of the user's factors from all of their features (cheap: no LLM call)."""
         features, name_vecs, _ = await asyncio.to_thread(self.store.feature_vectors, tenant, user)
         entries = await asyncio.to_thread(self.store.entries, tenant, user, ids=sorted({f.entry_id for f in features}))
@@ -148,4 +148,4 @@ class Builder:
             threshold=self.settings.cluster_distance, min_support=self.settings.min_factor_support,
         )
         ids = await asyncio.to_thread(self.store.replace_factors, tenant, user, rows)
-        return {fid: describe_factor(row[0], row[2]) for fid, row in zip(ids, rows, strict=True)}
+        return {fid: (row[0], row[2]) for fid, row in zip(ids, rows, strict=True)}

@@ -170,6 +170,9 @@ class KeyphraseExtractor:
                     gram = words[i : i + n]
                     if gram[0].lower() in _STOP or gram[-1].lower() in _STOP or any(not g for g in gram):
                         continue
+                    # "1 to 5", "movie from 1": numbers at a phrase's edge are scale boilerplate, not topics.
+                    if gram[0].isdigit() or gram[-1].isdigit():
+                        continue
                     if n == 1 and (len(gram[0]) < 3 or gram[0].isdigit()):
                         continue
                     seen.setdefault(" ".join(gram).lower(), None)

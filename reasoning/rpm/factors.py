@@ -44,21 +44,24 @@ def cluster_names(vectors: np.ndarray, threshold: float) -> list[int]:
 
 
 def _eta_squared(groups: dict[str, list[float]]) -> float | None:
+    """Bias-adjusted eta² (epsilon²): with as many values as entries, plain eta² is 1 for any noise."""
     values = [v for g in groups.values() for v in g]
-    if len(values) < 3 or len(groups) < 2:
+    n, k = len(values), len(groups)
+    if k < 2 or n - k < 2:
         return None
     mean = float(np.mean(values))
     total = float(sum((v - mean) ** 2 for v in values))
     if total == 0.0:
         return 0.0
     between = float(sum(len(g) * (float(np.mean(g)) - mean) ** 2 for g in groups.values()))
-    return round(between / total, 4)
+    within_ms = (total - between) / (n - k)
+    return round(max(0.0, (between - (k - 1) * within_ms) / total), 4)
 
 
 def _cramers_v(pairs: list[tuple[str, str]]) -> float | None:
     rows = sorted({a for a, _ in pairs})
     cols = sorted({b for _, b in pairs})
-    if len(pairs) < 3 or len(rows) < 2 or len(cols) < 2:
+    if len(rows) < 2 or len(cols) < 2 or len(pairs) - len(rows) < 2:
         return None
     table = np.zeros((len(rows), len(cols)))
     for a, b in pairs:
@@ -149,7 +152,7 @@ def build_factors(
     return rows
 
 
-def describe_factor(name: str, stats: FactorStats, max_values: int = 5) -> str:
+def describe_factor(name: str, stats: FactorStats, max_values: int = 4) -> str:
     """One line per factor for prompts: frequency, values, how responses vary."""
     parts = []
     for v in stats.values[:max_values]:
@@ -162,3 +165,14 @@ def describe_factor(name: str, stats: FactorStats, max_values: int = 5) -> str:
             parts.append(f"{v.value} (x{v.count})")
     assoc = "" if stats.association is None else f"; influence on responses {stats.association:.2f}"
     return f"- {name}: seen in {stats.frequency:.0%} of history{assoc}; values: " + ", ".join(parts)
+
+
+def value_note(stats: FactorStats, value: str) -> str | None:
+    """How the user responds when the factor takes `value` (for compact reasoning paths), if known."""
+    for v in stats.values:
+        if v.value.lower() == value.lower():
+            if stats.numeric_responses and v.response_mean is not None:
+                return f"average response {v.response_mean:g} over {v.count}"
+            if v.top_responses:
+                return f"usually '{v.top_responses[0][0]}'"
+    return None

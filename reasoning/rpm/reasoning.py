@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from memory.llm import ChatLLM
-from reasoning.rpm.models import ReasoningOutput, StoredFeature
+from reasoning.rpm.factors import describe_factor, value_note
+from reasoning.rpm.models import FactorStats, ReasoningOutput, StoredFeature
 from reasoning.rpm.parsing import MalformedOutput, parse_model
 from reasoning.rpm.prompts import PromptLibrary
 
@@ -31,13 +32,17 @@ def features_block(features: list[StoredFeature]) -> str:
     return "\n".join(f"- {f.name}: {f.value}" for f in features)
 
 
-def template_path(features: list[StoredFeature], factor_lines: dict[int, str], response: str) -> str:
-    weighed = [f"{f.name} = {f.value}" for f in features]
-    known = [factor_lines[f.factor_id] for f in features if f.factor_id in factor_lines]
-    text = "The input has " + (", ".join(weighed) if weighed else "no distinctive features") + "."
-    if known:
-        text += " This user weighs " + "; ".join(dict.fromkeys(known)) + "."
-    return text + f" Given these, the user responded: {' '.join(response.split())[:200]}"
+FactorMap = dict[int, tuple[str, FactorStats]]
+
+
+def template_path(features: list[StoredFeature], factors: FactorMap, response: str) -> str:
+    """A short path from stored data only: each feature, what this user does for that value, the response."""
+    parts = []
+    for f in features:
+        note = value_note(factors[f.factor_id][1], f.value) if f.factor_id in factors else None
+        parts.append(f"{f.name} is {f.value}" + (f" ({note})" if note else ""))
+    text = "; ".join(parts) if parts else "no distinctive features"
+    return f"{text}. So this user responded: {' '.join(response.split())[:200]}"
 
 
 class ReasoningWriter:
@@ -62,9 +67,9 @@ class ReasoningWriter:
         entry_input: str,
         response: str,
         features: list[StoredFeature],
-        factor_lines: dict[int, str],
+        factors: FactorMap,
     ) -> PathResult:
-        related = [factor_lines[f.factor_id] for f in features if f.factor_id in factor_lines]
+        related = [describe_factor(*factors[f.factor_id]) for f in features if f.factor_id in factors]
         prompt = self.prompts.render(
             "reasoning",
             input=entry_input[:2000],
@@ -92,5 +97,5 @@ class ReasoningWriter:
                     {"role": "user", "content": 'Reply again with JSON only: {"reasoning": "..."}'},
                 ]
         log.warning("reasoning path fell back to the template: %s", result.reason)
-        result.text = template_path(features, factor_lines, response)
+        result.text = template_path(features, factors, response)
         return result

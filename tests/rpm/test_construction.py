@@ -98,7 +98,8 @@ async def test_unusable_path_falls_back_to_a_template_built_from_data(make_engin
     assert report.paths_template == 5 and report.paths_llm == 0
     entry = engine.store.entries("t", "u", details=True)[0]
     assert entry.reasoning is not None and entry.reasoning.source == "template"
-    assert "genre = horror" in entry.reasoning.text and entry.reasoning.text.endswith("responded: 1")
+    assert "genre is horror (average response 1.5 over 2)" in entry.reasoning.text
+    assert entry.reasoning.text.endswith("responded: 1")
 
 
 async def test_construction_is_incremental_and_reports_progress(make_engine) -> None:
