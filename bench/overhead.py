@@ -4,9 +4,8 @@ Every contender is its own server process (one worker each) in front of one shar
 (`bench/fake_upstream.py`), all in the same run:
 
 - `direct`          the client calls the fake upstream itself (the baseline);
-- `rapport`         Rapport, personalization off, httpx fast path (`upstream.fast_path=true`);
-- `rapport-aiohttp` the same with the fast path's transport swapped for aiohttp (`bench/aiohttp_backend.py`,
-                    an experiment that measures what the httpx client costs);
+- `rapport`         Rapport, personalization off, fast path on its default aiohttp transport;
+- `rapport-httpx`   the same with `upstream.transport=httpx` (what the HTTP client costs);
 - `rapport-litellm` Rapport, personalization off, through litellm (`upstream.fast_path=false`);
 - `litellm-proxy`   LiteLLM's own proxy server (`litellm --config`, from `.venv-litellm`, see
                     `bench/setup_litellm_proxy.sh`).
@@ -44,9 +43,9 @@ RESULTS = ROOT / "bench" / "results"
 LITELLM_VENV = ROOT / ".venv-litellm"
 MASTER_KEY = "sk-bench-master"
 MODES = ("non-stream", "stream")
-CONTENDERS = ("direct", "rapport", "rapport-aiohttp", "rapport-litellm", "litellm-proxy")
+CONTENDERS = ("direct", "rapport", "rapport-httpx", "rapport-litellm", "litellm-proxy")
 PROXIES = CONTENDERS[1:]
-COLORS = {"direct": "#7f7f7f", "rapport": "#1f77b4", "rapport-aiohttp": "#17becf", "rapport-litellm": "#ff7f0e",
+COLORS = {"direct": "#7f7f7f", "rapport": "#1f77b4", "rapport-httpx": "#17becf", "rapport-litellm": "#ff7f0e",
           "litellm-proxy": "#d62728"}  # fmt: skip
 
 
@@ -215,7 +214,7 @@ def start_fake_upstream(workdir: Path) -> Server:
     return Server("upstream", f"http://127.0.0.1:{port}/v1", process, log)
 
 
-def start_rapport(name: str, upstream: str, fast_path: bool, workdir: Path, transport: str = "httpx") -> Server:
+def start_rapport(name: str, upstream: str, fast_path: bool, workdir: Path, transport: str = "aiohttp") -> Server:
     port = free_port()
     data = workdir / name
     data.mkdir(parents=True, exist_ok=True)
@@ -561,8 +560,8 @@ def main() -> None:
         for name in names:
             if name == "rapport":
                 servers[name] = start_rapport(name, upstream.base_url, True, workdir)
-            elif name == "rapport-aiohttp":
-                servers[name] = start_rapport(name, upstream.base_url, True, workdir, transport="aiohttp")
+            elif name == "rapport-httpx":
+                servers[name] = start_rapport(name, upstream.base_url, True, workdir, transport="httpx")
             elif name == "rapport-litellm":
                 servers[name] = start_rapport(name, upstream.base_url, False, workdir)
             elif name == "litellm-proxy":
@@ -600,8 +599,8 @@ def main() -> None:
             "series": series,
             "contenders": {
                 "direct": "aiohttp client -> fake upstream",
-                "rapport": "uvicorn (1 worker) bench.rapport_server:app, plugins=(), upstream.fast_path=true (httpx)",
-                "rapport-aiohttp": "same, fast path's transport swapped for aiohttp (bench/aiohttp_backend.py, experimental)",
+                "rapport": "uvicorn (1 worker) bench.rapport_server:app, plugins=(), upstream.fast_path=true (aiohttp)",
+                "rapport-httpx": "same, upstream.transport=httpx",
                 "rapport-litellm": "same, upstream.fast_path=false (litellm.acompletion)",
                 "litellm-proxy": "litellm --config (1 worker) from .venv-litellm, master key auth, no database",
             },

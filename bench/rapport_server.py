@@ -3,7 +3,7 @@
     RAPPORT_BENCH_UPSTREAM=http://127.0.0.1:PORT/v1 RAPPORT_BENCH_FAST_PATH=1 RAPPORT_BENCH_DATA=/tmp/dir \
         python -m uvicorn bench.rapport_server:app --port 8090 --workers 1
 
-RAPPORT_BENCH_TRANSPORT=aiohttp swaps the fast path's httpx client for `bench/aiohttp_backend.py` (experimental).
+RAPPORT_BENCH_TRANSPORT=aiohttp|httpx picks the fast path's HTTP client (`upstream.transport`; aiohttp by default).
 `plugins=()` builds no memory/RPM/VAS stage at all, so the numbers are the gateway's own cost: auth, body
 parsing and validation, identity, pipeline bookkeeping, the upstream call and the response.
 """
@@ -30,17 +30,14 @@ def build() -> FastAPI:
             "model_list": [
                 {"model_name": MODEL, "litellm_params": {"model": "openai/fake", "api_base": upstream, "api_key": "x"}}
             ],
-            "upstream": {"fast_path": os.environ.get("RAPPORT_BENCH_FAST_PATH", "1") == "1"},
+            "upstream": {
+                "fast_path": os.environ.get("RAPPORT_BENCH_FAST_PATH", "1") == "1",
+                "transport": os.environ.get("RAPPORT_BENCH_TRANSPORT", "aiohttp"),
+            },
             "server": {"log_level": "warning"},
         }
     )
-    app = create_app(settings, plugins=())
-    if os.environ.get("RAPPORT_BENCH_TRANSPORT") == "aiohttp":
-        # Experimental contender: the same router with the fast path's transport swapped (bench only).
-        from bench.aiohttp_backend import AiohttpBackend
-
-        app.state.services.upstream._fast = AiohttpBackend()
-    return app
+    return create_app(settings, plugins=())
 
 
 app = build()

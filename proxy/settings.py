@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -114,8 +114,9 @@ class UpstreamSettings(BaseModel):
     retries: int = Field(default=2, ge=0, le=10)
     backoff_base_s: float = Field(default=0.25, ge=0)
     backoff_max_s: float = Field(default=4.0, ge=0)
-    # Call OpenAI-compatible bases with httpx directly instead of through litellm.
+    # Call OpenAI-compatible bases directly instead of through litellm, over this HTTP client.
     fast_path: bool = True
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
 class LocalUpstreamSettings(BaseModel):

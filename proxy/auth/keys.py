@@ -18,6 +18,8 @@ from pathlib import Path
 from proxy.settings import AuthSettings
 
 KEY_PREFIX = "rk-"
+CACHE_TTL_S = 5.0
+CACHE_MAX_ENTRIES = 10_000
 
 
 def hash_key(key: str) -> str:
@@ -61,7 +63,10 @@ class KeyStore:
             )
         admin = auth.admin_key.get_secret_value() if auth.admin_key else None
         self._admin_hash = hash_key(admin) if admin else None
-        self._cache: dict[str, ApiKey | None] = {}
+        # Lookups are cached briefly: keys created or revoked by `rapport keys` in another process take
+        # effect within the TTL without a query on every request.
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._any_keys: tuple[float, bool] | None = None
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -77,8 +82,12 @@ class KeyStore:
     def any_proxy_keys(self) -> bool:
         if self._static:
             return True
+        now = time.monotonic()
+        if self._any_keys is not None and now - self._any_keys[0] < CACHE_TTL_S:
+            return self._any_keys[1]
         with self._lock:
             row = self._db.execute("SELECT 1 FROM api_keys WHERE revoked = 0 LIMIT 1").fetchone()
+        self._any_keys = (now, row is not None)
         return row is not None
 
     def lookup(self, presented: str) -> ApiKey | None:
@@ -86,8 +95,10 @@ class KeyStore:
         static = self._static.get(digest)
         if static is not None:
             return static
-        if digest in self._cache:
-            return self._cache[digest]
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < CACHE_TTL_S:
+            return cached[1]
         with self._lock:
             row = self._db.execute(
                 "SELECT key_id, name, tenant, user, created_at, revoked, rate_limit_rps FROM api_keys"
@@ -95,7 +106,9 @@ class KeyStore:
                 (digest,),
             ).fetchone()
         found = None if row is None or row[5] else ApiKey(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
-        self._cache[digest] = found
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache.clear()  # bounded: a flood of wrong keys cannot grow memory
+        self._cache[digest] = (now, found)
         return found
 
     def list(self) -> list[ApiKey]:
@@ -129,12 +142,14 @@ class KeyStore:
                 (key.key_id, hash_key(plain), name, tenant, user, key.created_at, rate_limit_rps),
             )
         self._cache.clear()
+        self._any_keys = None
         return plain, key
 
     def revoke(self, key_id: str) -> bool:
         with self._lock:
             cur = self._db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ? AND revoked = 0", (key_id,))
         self._cache.clear()
+        self._any_keys = None
         return cur.rowcount > 0
 
     def close(self) -> None:

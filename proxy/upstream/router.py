@@ -18,6 +18,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.settings import ModelEntry, RapportSettings
+from proxy.upstream.aiohttp_backend import AiohttpBackend
 from proxy.upstream.base import Backend, UpstreamFailure
 from proxy.upstream.httpx_backend import HttpxBackend
 from proxy.upstream.litellm_backend import LiteLLMBackend
@@ -43,7 +44,7 @@ def to_client_error(failure: UpstreamFailure, model: str) -> RapportError:
 class UpstreamRouter:
     def __init__(self, settings: RapportSettings, metrics_observe: Any = None) -> None:
         self._settings = settings
-        self._fast = HttpxBackend()
+        self._fast: Backend = AiohttpBackend() if settings.upstream.transport == "aiohttp" else HttpxBackend()
         self._litellm = LiteLLMBackend()
         self.observe = metrics_observe
 

@@ -19,7 +19,12 @@ import pytest
 from tests.support.upstream import Reply, ScriptedUpstream
 
 MSG = [{"role": "user", "content": "hello"}]
-PATHS = [pytest.param(True, id="fast_path"), pytest.param(False, id="litellm")]
+# The upstream paths: the direct fast path on each transport, and litellm.
+PATHS = [
+    pytest.param({"fast_path": True, "transport": "aiohttp"}, id="fast_path"),
+    pytest.param({"fast_path": True, "transport": "httpx"}, id="fast_path_httpx"),
+    pytest.param({"fast_path": False}, id="litellm"),
+]
 
 
 @pytest.fixture()
@@ -78,9 +83,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
 # -- upstream failures -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_upstream_500_becomes_502_after_retries(make_rapport, scripted_upstream, fast_path):
-    rapport = make_rapport(upstream={"fast_path": fast_path})
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_upstream_500_becomes_502_after_retries(make_rapport, scripted_upstream, upstream_path):
+    rapport = make_rapport(upstream=upstream_path)
     scripted_upstream.script(*[Reply(kind="error", status=500)] * 5)
     with pytest.raises(openai.InternalServerError) as info:
         sdk(rapport).chat.completions.create(model="test-model", messages=MSG)
@@ -91,9 +96,9 @@ def test_upstream_500_becomes_502_after_retries(make_rapport, scripted_upstream,
     assert len(scripted_upstream.requests) == 3
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_upstream_429_then_success_is_retried_transparently(make_rapport, scripted_upstream, fast_path):
-    rapport = make_rapport(upstream={"fast_path": fast_path})
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_upstream_429_then_success_is_retried_transparently(make_rapport, scripted_upstream, upstream_path):
+    rapport = make_rapport(upstream=upstream_path)
     scripted_upstream.script(Reply(kind="error", status=429, headers={"retry-after": "0"}), Reply(content="after the wait"))
     result = sdk(rapport).chat.completions.create(model="test-model", messages=MSG)
     assert result.choices[0].message.content == "after the wait"
@@ -110,9 +115,9 @@ def test_upstream_429_every_time_surfaces_as_429_with_retry_after(make_rapport, 
     assert assert_error_shape(info.value.response.json())["code"] == "upstream_rate_limited"
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_upstream_400_is_not_retried_and_is_the_clients_error(make_rapport, scripted_upstream, fast_path):
-    rapport = make_rapport(upstream={"fast_path": fast_path})
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_upstream_400_is_not_retried_and_is_the_clients_error(make_rapport, scripted_upstream, upstream_path):
+    rapport = make_rapport(upstream=upstream_path)
     scripted_upstream.script(Reply(kind="error", status=400, body={"error": {"message": "bad thing", "type": "invalid_request_error"}}))
     with pytest.raises(openai.BadRequestError) as info:
         sdk(rapport).chat.completions.create(model="test-model", messages=MSG)
@@ -121,9 +126,9 @@ def test_upstream_400_is_not_retried_and_is_the_clients_error(make_rapport, scri
     assert len(scripted_upstream.requests) == 1
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_hanging_upstream_gives_504_within_the_configured_timeout(make_rapport, scripted_upstream, fast_path):
-    rapport = make_rapport(model_list=models(scripted_upstream, timeout=1.0), upstream={"fast_path": fast_path})
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_hanging_upstream_gives_504_within_the_configured_timeout(make_rapport, scripted_upstream, upstream_path):
+    rapport = make_rapport(model_list=models(scripted_upstream, timeout=1.0), upstream=upstream_path)
     scripted_upstream.script(Reply(kind="hang"), Reply(kind="hang"), Reply(kind="hang"))
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
@@ -136,21 +141,21 @@ def test_hanging_upstream_gives_504_within_the_configured_timeout(make_rapport, 
     assert len(scripted_upstream.requests) == 1
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_unreachable_upstream_gives_502(make_rapport, scripted_upstream, fast_path):
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_unreachable_upstream_gives_502(make_rapport, scripted_upstream, upstream_path):
     from tests.support.servers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    rapport = make_rapport(upstream_url=dead, upstream={"fast_path": fast_path})
+    rapport = make_rapport(upstream_url=dead, upstream=upstream_path)
     with pytest.raises(openai.InternalServerError) as info:
         sdk(rapport).chat.completions.create(model="test-model", messages=MSG)
     assert info.value.status_code == 502
     assert_error_shape(info.value.response.json())
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_fallback_to_second_model(make_rapport, scripted_upstream, fast_path):
-    rapport = make_rapport(model_list=models(scripted_upstream, fallback=True), upstream={"fast_path": fast_path})
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_fallback_to_second_model(make_rapport, scripted_upstream, upstream_path):
+    rapport = make_rapport(model_list=models(scripted_upstream, fallback=True), upstream=upstream_path)
     scripted_upstream.script(*[Reply(kind="error", status=503)] * 3, Reply(content="from the backup"))
     result = sdk(rapport).chat.completions.create(model="test-model", messages=MSG)
     assert result.choices[0].message.content == "from the backup"
@@ -179,9 +184,9 @@ def test_stream_that_fails_before_the_first_byte_gets_a_real_status(make_rapport
 # -- streams that break ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_path", PATHS)
-def test_stream_cut_midway_ends_with_error_event_and_sdk_raises(make_rapport, scripted_upstream, fast_path):
-    rapport = make_rapport(upstream={"fast_path": fast_path})
+@pytest.mark.parametrize("upstream_path", PATHS)
+def test_stream_cut_midway_ends_with_error_event_and_sdk_raises(make_rapport, scripted_upstream, upstream_path):
+    rapport = make_rapport(upstream=upstream_path)
     scripted_upstream.script(Reply(kind="cut_stream", chunks=["one ", "two ", "three ", "four"], cut_after=2))
     received: list[str] = []
     stream = sdk(rapport, timeout=15).chat.completions.create(model="test-model", messages=MSG, stream=True)
