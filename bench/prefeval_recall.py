@@ -195,6 +195,7 @@ async def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "prefeval_recall.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / "prefeval_recall.partial.json").unlink(missing_ok=True)
     report(summary, args.k)
     plot(summary, args.k)
 
