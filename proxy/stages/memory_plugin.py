@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -134,8 +135,6 @@ class MemoryPlugin:
         if not self._services.jobs.running:
             return False, "job queue not running"
         if self.service is not None:
-            import asyncio
-
             ok = await asyncio.to_thread(self.service.store.heartbeat)
             if not ok:
                 return False, "memory store unreachable"
@@ -150,6 +149,7 @@ def build_shared(services: Services) -> None:
             settings.embedding_model,
             batch_size=settings.embedding_batch_size,
             cache_size=settings.query_cache_size,
+            threads=settings.embedding_threads,
         )
     if services.jobs is None:
         services.jobs = JobQueue(
