@@ -21,13 +21,24 @@ PACKAGED_TEMPLATE = Path(__file__).with_name("templates") / "memory_block.txt"
 _TAG = re.compile(r"<\s*/?\s*user_memory\s*/?\s*>", re.IGNORECASE)
 
 
+# Chat-template control tokens (ChatML, Llama 3, Llama 2): servers that parse special tokens inside message
+# content would read them as real turn boundaries, so stored text must never carry them intact.
+_CONTROL = re.compile(r"<\|[^<>|\s]{1,40}\|>|\[/?INST\]|<</?SYS>>", re.IGNORECASE)
+# Line breaks that json.dumps(ensure_ascii=False) leaves raw but Unicode-aware readers split lines on.
+_UNICODE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
+
+
+def _defang(match: re.Match[str]) -> str:
+    return match.group(0).replace("<", "‹").replace(">", "›").replace("[", "⟦").replace("]", "⟧")
+
+
 def escape(text: str) -> str:
-    return _TAG.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
+    return _CONTROL.sub(_defang, _TAG.sub(_defang, text))
 
 
 def quote(text: str) -> str:
     # ensure_ascii=False keeps non-English text readable; json escapes quotes, backslashes and newlines.
-    return json.dumps(escape(text), ensure_ascii=False)
+    return json.dumps(escape(text), ensure_ascii=False).translate(_UNICODE_BREAKS)
 
 
 def render_item(item: MemoryItem) -> str:
