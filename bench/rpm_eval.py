@@ -284,9 +284,11 @@ async def main(args: argparse.Namespace) -> None:
             reference.errors += [abs(mean - truth) for _, truth in user.queries]
             reference.parsed += len(user.queries)
         rows.append(await run_method("none", users, llm, None, args.max_tokens))
+        report(rows, args, extra, final=False)
         rows.append(
             await run_method(f"text top-{args.k}", users, llm, text_topk(embedder, args.k), args.max_tokens)
         )
+        report(rows, args, extra, final=False)
         for mode, label in (("cheap", "RPM (cheap mode)"), ("llm", "RPM (LLM features)")):
             prep, build_s, calls, stats = await rpm_method(users, llm, embedder, root, mode, args.k)
             row = await run_method(label, users, llm, prep, args.max_tokens)
