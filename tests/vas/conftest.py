@@ -20,7 +20,7 @@ from reasoning.vas.training import Sample, TrainConfig, TrainResult, collect_sam
 from reasoning.vas.value_model import default_backbone, export, new_value_model, render_prompt
 from tests.vas.data import TRAIN_PROMPTS
 
-TRAIN_CONFIG = TrainConfig(epochs=12, lr=3e-3, batch_size=8, trainable="head", seed=0)
+TRAIN_CONFIG = TrainConfig(epochs=20, lr=3e-3, batch_size=8, trainable="head", seed=0)
 
 
 @dataclass
