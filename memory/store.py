@@ -72,18 +72,30 @@ class ChromaStore:
         from chromadb.config import Settings
 
         settings = Settings(anonymized_telemetry=False)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
         if host is not None:
-            self.client: Any = chromadb.HttpClient(
+            # HttpClient contacts the server when built; building it on first use lets Rapport start (and
+            # serve degraded) while the Chroma server is down, and reconnect once it is back.
+            self._connect: Any = lambda: chromadb.HttpClient(
                 host=host, port=port, ssl=ssl, headers=headers, settings=settings
             )
         else:
             assert path is not None, "embedded mode needs a path"
             path.mkdir(parents=True, exist_ok=True)
-            self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+            self._client = chromadb.PersistentClient(path=str(path), settings=settings)
         self.layout = layout
         self.prefix = prefix
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
 
     # -- collections --------------------------------------------------------------------------------
 
@@ -107,8 +119,9 @@ class ChromaStore:
             if create:
                 col = self.client.get_or_create_collection(name, metadata=meta, embedding_function=None)
             else:
+                client = self.client  # outside the try: an unreachable server is a fault, not "no collection"
                 try:
-                    col = self.client.get_collection(name, embedding_function=None)
+                    col = client.get_collection(name, embedding_function=None)
                 except Exception:
                     return None
             self._collections[name] = col

@@ -8,7 +8,7 @@ from typing import Any
 
 from proxy.errors import RapportError
 from proxy.pipeline.context import Exchange, RequestContext, StageReport
-from proxy.pipeline.stage import GeneratingStage, Stage
+from proxy.pipeline.stage import AnswerRewritingStage, GeneratingStage, Stage, TextFilter
 from proxy.services import Services
 
 log = logging.getLogger("rapport.pipeline")
@@ -49,6 +49,18 @@ class Pipeline:
             if isinstance(stage, GeneratingStage) and stage.generates(ctx):
                 return stage
         return None
+
+    @staticmethod
+    def finalize_text(ctx: RequestContext, ran: list[Stage], text: str) -> str:
+        for stage in ran:
+            if isinstance(stage, AnswerRewritingStage):
+                text = stage.finalize_text(ctx, text)
+        return text
+
+    @staticmethod
+    def stream_filters(ctx: RequestContext, ran: list[Stage]) -> list[TextFilter]:
+        filters = [stage.stream_filter(ctx) for stage in ran if isinstance(stage, AnswerRewritingStage)]
+        return [f for f in filters if f is not None]
 
     def after(self, ctx: RequestContext, ran: list[Stage], exchange: Exchange) -> None:
         """Schedule learning from the exchange off the request path."""

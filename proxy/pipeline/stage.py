@@ -51,3 +51,20 @@ class GeneratingStage(Stage, Protocol):
     def generate_stream(self, ctx: RequestContext, upstream: Upstream) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI chat.completion.chunk objects as tokens are chosen."""
         ...
+
+
+class TextFilter(Protocol):
+    """Rewrites streamed content deltas (e.g. to keep reasoning out of the answer)."""
+
+    def feed(self, delta: str) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+@runtime_checkable
+class AnswerRewritingStage(Stage, Protocol):
+    """A stage that also rewrites the upstream's answer before the client sees it (RPM hides reasoning)."""
+
+    def finalize_text(self, ctx: RequestContext, text: str) -> str: ...
+
+    def stream_filter(self, ctx: RequestContext) -> TextFilter | None: ...

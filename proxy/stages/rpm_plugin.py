@@ -67,6 +67,12 @@ class RPMStage:
         entry = self._settings.model(ctx.model)
         return bool(entry is not None and entry.personalization.rpm) or self._settings.rpm.enabled_by_default
 
+    def finalize_text(self, ctx: RequestContext, text: str) -> str:
+        return finalize_text(ctx, text)
+
+    def stream_filter(self, ctx: RequestContext) -> ReasoningStreamFilter | None:
+        return stream_filter(ctx)
+
     def wants(self, ctx: RequestContext) -> bool:
         if ctx.user is None or ctx.options.rpm is False:
             return False

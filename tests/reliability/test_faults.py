@@ -124,3 +124,25 @@ def test_chroma_server_down_and_back(make_rapport, scripted_upstream, chroma, de
         assert back.status_code == 200
         assert "x-rapport-degraded" not in back.headers
         assert "peanuts" in system_prompt(scripted_upstream), "the stored memory survived the outage"
+
+
+def test_rapport_starts_degraded_while_chroma_server_is_down(make_rapport, scripted_upstream, tmp_path):
+    """The store being down at start is the same fault as it going down later: serve, say so, recover."""
+    server = ChromaServer(tmp_path / "late-chroma", free_port())
+    rapport = make_rapport(
+        memory={"store": "server", "chroma": {"host": "127.0.0.1", "port": server.port}, "summaries": False},
+        degrade_on_store_failure=True,
+    )
+    with httpx.Client(timeout=60) as client:
+        down = chat(rapport, "hello?")
+        assert down.status_code == 200, down.text
+        assert "memory" in down.headers["x-rapport-degraded"]
+        assert client.get(f"{rapport.url}/readyz").status_code == 503
+        server.start()
+        try:
+            wait_for(lambda: client.get(f"{rapport.url}/readyz").status_code == 200, 30, "readiness once Chroma is up")
+            up = chat(rapport, "hello again")
+            assert up.status_code == 200
+            assert "x-rapport-degraded" not in up.headers
+        finally:
+            server.kill()

@@ -170,7 +170,6 @@ def test_forgetting_the_user_removes_rpm_data(built) -> None:
         assert summary["paths"] == 0
 
 
-@pytest.mark.xfail(reason="needs the chat serving to call proxy.stages.rpm_plugin.finalize_text", strict=False)
 def test_reasoning_is_kept_out_of_the_answer_unless_asked(built, scripted_upstream) -> None:
     client = openai.OpenAI(base_url=built.base_url, api_key=built.api_key)
     for keep, expected in ((False, "4"), (True, "<reasoning>seafood</reasoning>\n4")):
@@ -178,9 +177,16 @@ def test_reasoning_is_kept_out_of_the_answer_unless_asked(built, scripted_upstre
         scripted_upstream.script(Reply(content="<reasoning>seafood</reasoning>\n4"))
         result = client.chat.completions.create(
             model="test-model", messages=[{"role": "user", "content": "Rate: Cove, seafood, cheap."}], user="alice",
-            extra_body={"rapport": {"rpm": {"mode": "cheap", "return_reasoning": keep}}},
+            extra_body={"rapport": {"rpm": {"mode": "cheap", "return_reasoning": keep}, "record": False}},
         )
         assert result.choices[0].message.content == expected, json.dumps(result.model_dump())[:300]
+        scripted_upstream.script(Reply(content="<reasoning>seafood</reasoning>\n4"))
+        stream = client.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "Rate: Cove, seafood, cheap."}], user="alice",
+            extra_body={"rapport": {"rpm": {"mode": "cheap", "return_reasoning": keep}, "record": False}}, stream=True,
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert streamed.strip() == expected.strip()
 
 
 def test_opted_out_and_unrecorded_exchanges_are_not_learnt(make_rapport, scripted_upstream) -> None:

@@ -17,6 +17,7 @@ from proxy.errors import InvalidRequest, RapportError
 from proxy.identity import resolve_user
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
+from proxy.pipeline.stage import TextFilter
 from proxy.services import Services
 from proxy.upstream.router import BoundUpstream
 
@@ -95,6 +96,10 @@ class ChatServing:
             result = await self.services.upstream.chat(ctx.model, ctx.body)
         self._count_tokens(ctx.model, result.get("usage"))
         text, finish = _answer_text(result)
+        final = self.pipeline.finalize_text(ctx, ran, text)
+        if final != text:
+            result["choices"][0]["message"]["content"] = final
+            text = final
         if ctx.user is not None:
             result["rapport"] = self.pipeline.extension(ctx)
         self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, text, ctx.model, finish, result.get("usage") or {}))
@@ -138,17 +143,25 @@ class ChatServing:
         finish: str | None = None
         usage: dict[str, Any] = {}
         completed = False
+        filters = self.pipeline.stream_filters(ctx, ran)
         try:
             if first is not None:
                 if ctx.user is not None:
                     first = {**first, "rapport": self.pipeline.extension(ctx)}
+                _filter(first, filters)
                 finish = _collect(first, parts) or finish
                 yield _sse(first)
                 async for event in events:
+                    _filter(event, filters)
                     finish = _collect(event, parts) or finish
                     if event.get("usage"):
                         usage = event["usage"]
                     yield _sse(event)
+                tail = _flush(filters)
+                if tail:
+                    parts.append(tail)
+                    base = {k: v for k, v in first.items() if k not in ("rapport", "usage")}
+                    yield _sse({**base, "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]})
             completed = True
         except RapportError as exc:
             # Mid-stream failure: end with an error event the SDKs raise on, then close. Never hang.
@@ -168,6 +181,27 @@ class ChatServing:
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:
                 self.services.metrics.tokens.labels(model, kind.removesuffix("_tokens")).inc(value)
+
+
+def _filter(event: dict[str, Any], filters: list[TextFilter]) -> None:
+    """Pass choice 0's content delta through the stages' filters, in place."""
+    if not filters:
+        return
+    for choice in event.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if choice.get("index", 0) == 0 and isinstance(delta.get("content"), str):
+            text = delta["content"]
+            for f in filters:
+                text = f.feed(text)
+            delta["content"] = text
+
+
+def _flush(filters: list[TextFilter]) -> str:
+    tail = ""
+    for f in filters:
+        tail = f.feed(tail) if tail else ""
+        tail += f.flush()
+    return tail
 
 
 def _collect(event: dict[str, Any], parts: list[str]) -> str | None:
