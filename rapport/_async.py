@@ -149,6 +149,53 @@ class AsyncJobs(_AsyncNamespace):
             await asyncio.sleep(interval)
 
 
+class AsyncReasoning(_AsyncNamespace):
+    """RPM: import labelled history, inspect features, factors (with statistics) and reasoning paths."""
+
+    async def import_history(
+        self, user: str, items: builtins.list[dict[str, Any]], *, tenant: str | None = None, build: bool = True
+    ) -> dict[str, Any]:
+        body = {"items": items, "build": build}
+        result: dict[str, Any] = await self._run(b.rpm_call("POST", user, self._tenant(tenant), "history", body))
+        return result
+
+    async def get(self, user: str, what: str = "rpm", *, tenant: str | None = None) -> dict[str, Any]:
+        """`what`: rpm (summary), rpm/history, rpm/features, rpm/factors, rpm/factors/ID, rpm/paths, rpm/paths/ID."""
+        result: dict[str, Any] = await self._run(b.rpm_call("GET", user, self._tenant(tenant), what))
+        return result
+
+    async def rebuild(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._run(b.rpm_call("POST", user, self._tenant(tenant), "rpm/rebuild"))
+        return result
+
+    async def delete(self, user: str, what: str = "rpm", *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._run(b.rpm_call("DELETE", user, self._tenant(tenant), what))
+        return result
+
+
+class AsyncValues(_AsyncNamespace):
+    """VAS: the configured value models and each user's weights and beta."""
+
+    async def models(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._run(b.vas_call("GET", "value-models"))
+        return result
+
+    async def get(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._run(b.vas_call("GET", f"users/{b.seg(user)}", self._tenant(tenant)))
+        return result
+
+    async def set(
+        self, user: str, weights: dict[str, float], *, beta: float | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        body = {"weights": weights, "beta": beta}
+        result: dict[str, Any] = await self._run(b.vas_call("PUT", f"users/{b.seg(user)}", self._tenant(tenant), body))
+        return result
+
+    async def delete(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._run(b.vas_call("DELETE", f"users/{b.seg(user)}", self._tenant(tenant)))
+        return result
+
+
 class AsyncRapport:
     """Client for a Rapport server: `.openai(user=...)` for chat, typed admin namespaces for memory.
 
@@ -177,6 +224,8 @@ class AsyncRapport:
         self.memories = AsyncMemories(self)
         self.summaries = AsyncSummaries(self)
         self.jobs = AsyncJobs(self)
+        self.rpm = AsyncReasoning(self)
+        self.vas = AsyncValues(self)
 
     def openai(self, user: str, **kwargs: Any) -> openai.AsyncOpenAI:
         """An `openai.AsyncOpenAI` pointed at Rapport and bound to `user` (every request names them)."""

@@ -152,3 +152,12 @@ def jobs_list(
 
 def jobs_get(job_id: str) -> Call:
     return Call("GET", f"/admin/jobs/{seg(job_id)}")
+
+
+def rpm_call(method: str, user: str, tenant: str, sub: str = "rpm", json: Any = None) -> Call:
+    """RPM admin routes live under /admin/users/{user}/ (history import, features, factors, paths)."""
+    return Call(method, f"/admin/users/{seg(user)}/{sub}", {"tenant": tenant}, json)
+
+
+def vas_call(method: str, sub: str, tenant: str | None = None, json: Any = None) -> Call:
+    return Call(method, f"/admin/vas/{sub}", {"tenant": tenant}, json)

@@ -148,6 +148,53 @@ class Jobs(_Namespace):
             time.sleep(interval)
 
 
+class Reasoning(_Namespace):
+    """RPM: import labelled history, inspect features, factors (with statistics) and reasoning paths."""
+
+    def import_history(
+        self, user: str, items: builtins.list[dict[str, Any]], *, tenant: str | None = None, build: bool = True
+    ) -> dict[str, Any]:
+        body = {"items": items, "build": build}
+        result: dict[str, Any] = self._run(b.rpm_call("POST", user, self._tenant(tenant), "history", body))
+        return result
+
+    def get(self, user: str, what: str = "rpm", *, tenant: str | None = None) -> dict[str, Any]:
+        """`what`: rpm (summary), rpm/history, rpm/features, rpm/factors, rpm/factors/ID, rpm/paths, rpm/paths/ID."""
+        result: dict[str, Any] = self._run(b.rpm_call("GET", user, self._tenant(tenant), what))
+        return result
+
+    def rebuild(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(b.rpm_call("POST", user, self._tenant(tenant), "rpm/rebuild"))
+        return result
+
+    def delete(self, user: str, what: str = "rpm", *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(b.rpm_call("DELETE", user, self._tenant(tenant), what))
+        return result
+
+
+class Values(_Namespace):
+    """VAS: the configured value models and each user's weights and beta."""
+
+    def models(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(b.vas_call("GET", "value-models"))
+        return result
+
+    def get(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(b.vas_call("GET", f"users/{b.seg(user)}", self._tenant(tenant)))
+        return result
+
+    def set(
+        self, user: str, weights: dict[str, float], *, beta: float | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        body = {"weights": weights, "beta": beta}
+        result: dict[str, Any] = self._run(b.vas_call("PUT", f"users/{b.seg(user)}", self._tenant(tenant), body))
+        return result
+
+    def delete(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._run(b.vas_call("DELETE", f"users/{b.seg(user)}", self._tenant(tenant)))
+        return result
+
+
 class Rapport:
     """Client for a Rapport server: `.openai(user=...)` for chat, typed admin namespaces for memory.
 
@@ -174,6 +221,8 @@ class Rapport:
         self.memories = Memories(self)
         self.summaries = Summaries(self)
         self.jobs = Jobs(self)
+        self.rpm = Reasoning(self)
+        self.vas = Values(self)
 
     def openai(self, user: str, **kwargs: Any) -> openai.OpenAI:
         """An `openai.OpenAI` pointed at Rapport and bound to `user` (every request names them)."""
