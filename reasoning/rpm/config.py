@@ -40,6 +40,7 @@ class RPMSettings(BaseModel):
     return_reasoning: bool = False
     # Learn from chat exchanges: "always" (every recorded exchange of a named user, as memory does),
     # "when_enabled" (only requests where RPM conditioning is on) or "never" (imported history only).
-    learn_from_exchanges: Literal["always", "when_enabled", "never"] = "always"
+    # Learning costs 2-4 utility-LLM calls per exchange, so it is not spent on users RPM is not used for.
+    learn_from_exchanges: Literal["always", "when_enabled", "never"] = "when_enabled"
     # Exchanges longer than this are not learnt from (a pasted document is not a labelled decision).
     max_exchange_chars: int = Field(default=4000, ge=100)

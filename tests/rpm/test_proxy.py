@@ -51,7 +51,7 @@ def wait_until(check: Any, within: float = 60.0) -> Any:
 
 @pytest.fixture()
 def built(make_rapport, scripted_upstream) -> Any:
-    h = make_rapport(plugins=RPM_ONLY)
+    h = make_rapport(plugins=RPM_ONLY, rpm={"learn_from_exchanges": "always"})
     scripted_upstream.script(*(Reply(content=c) for c in EXTRACTIONS + PATHS))
     with admin(h) as client:
         r = client.post(f"/admin/users/alice/history?tenant={TENANT}", json={"items": HISTORY})
@@ -190,7 +190,7 @@ def test_reasoning_is_kept_out_of_the_answer_unless_asked(built, scripted_upstre
 
 
 def test_opted_out_and_unrecorded_exchanges_are_not_learnt(make_rapport, scripted_upstream) -> None:
-    h = make_rapport(plugins=RPM_ONLY)
+    h = make_rapport(plugins=RPM_ONLY, rpm={"learn_from_exchanges": "always"})
     client = openai.OpenAI(base_url=h.base_url, api_key=h.api_key)
     for extra in ({"rapport": {"rpm": False}}, {"rapport": {"record": False}}):
         result = client.chat.completions.create(
