@@ -3,13 +3,13 @@ reaches a later one's upstream request; the admin API shows, searches, edits, ex
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from tests.support.helpers import admin, wait_until
 from tests.support.upstream import Reply
 
 TENANT = "tenant-a"  # the tenant of the test API key
@@ -17,19 +17,6 @@ MEMORY_ONLY = ("proxy.stages.memory_plugin:build",)
 PREFERENCE = "Please remember that I am strictly vegetarian and allergic to peanuts."
 
 
-def admin(h: Any) -> httpx.Client:
-    return httpx.Client(base_url=h.url, headers={"Authorization": f"Bearer {h.admin_key}"}, timeout=60)
-
-
-def wait_until(check: Any, within: float = 60.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.05)
 
 
 def memories(client: httpx.Client, user: str, tenant: str = TENANT, **params: Any) -> list[dict[str, Any]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from tests.support.helpers import admin, wait_until
 from tests.support.upstream import Reply
 
 TENANT = "tenant-a"  # the tenant of the test API key
@@ -34,19 +34,6 @@ PATHS = [
 ]
 
 
-def admin(h: Any) -> httpx.Client:
-    return httpx.Client(base_url=h.url, headers={"Authorization": f"Bearer {h.admin_key}"}, timeout=30)
-
-
-def wait_until(check: Any, within: float = 60.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.05)
 
 
 @pytest.fixture()
