@@ -9,6 +9,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from proxy.errors import InvalidRequest
+from proxy.settings import LimitSettings
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -73,3 +74,17 @@ def validate(model: type[T], body: dict[str, Any]) -> T:
         first = exc.errors()[0]
         param = loc_to_param(tuple(first["loc"]))
         raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param, code="invalid_value") from exc
+
+
+def check_caps(limits: LimitSettings, req: BaseModel) -> None:
+    """This server's caps on message count, output tokens and `n`, for any request model that has them."""
+    messages = getattr(req, "messages", None)
+    if messages is not None and len(messages) > limits.max_messages:
+        raise InvalidRequest(f"Too many messages ({len(messages)} > {limits.max_messages}).", param="messages")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name, None)
+        if value is not None and value > limits.max_tokens:
+            raise InvalidRequest(f"'{name}' exceeds this server's cap of {limits.max_tokens}.", param=name)
+    n = getattr(req, "n", None)
+    if n is not None and n > limits.max_n:
+        raise InvalidRequest(f"'n' exceeds this server's cap of {limits.max_n}.", param="n")

@@ -12,7 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from proxy.auth.deps import Principal
 from proxy.entrypoints.chat.protocol import ChatCompletionRequest
-from proxy.entrypoints.common import read_json_object, validate
+from proxy.entrypoints.common import check_caps, read_json_object, validate
 from proxy.errors import InvalidRequest, RapportError
 from proxy.identity import resolve_user
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
@@ -22,18 +22,6 @@ from proxy.services import Services
 from proxy.upstream.router import BoundUpstream
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-def _check_caps(services: Services, req: ChatCompletionRequest) -> None:
-    limits = services.settings.limits
-    if len(req.messages) > limits.max_messages:
-        raise InvalidRequest(f"Too many messages ({len(req.messages)} > {limits.max_messages}).", param="messages")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, name)
-        if value is not None and value > limits.max_tokens:
-            raise InvalidRequest(f"'{name}' exceeds this server's cap of {limits.max_tokens}.", param=name)
-    if req.n is not None and req.n > limits.max_n:
-        raise InvalidRequest(f"'n' exceeds this server's cap of {limits.max_n}.", param="n")
 
 
 def _answer_text(response: dict[str, Any]) -> tuple[str, str | None]:
@@ -60,7 +48,7 @@ class ChatServing:
         services.limiter.check(principal.key_id, principal.rate_limit_rps)
         body = await read_json_object(request)
         req = validate(ChatCompletionRequest, body)
-        _check_caps(services, req)
+        check_caps(services.settings.limits, req)
         model = req.model or services.settings.default_model
         if not model:
             raise InvalidRequest("'model' is required.", param="model")

@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from proxy.auth.deps import Principal
-from proxy.entrypoints.common import read_json_object, validate
+from proxy.entrypoints.common import check_caps, read_json_object, validate
 from proxy.errors import InvalidRequest, RapportError
 from proxy.identity import resolve_user
 from proxy.services import Services
@@ -23,13 +23,7 @@ async def pass_through(
     services.limiter.check(principal.key_id, principal.rate_limit_rps)
     body = await read_json_object(request)
     req = validate(schema, body)
-    limits = services.settings.limits
-    max_tokens = getattr(req, "max_tokens", None)
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise InvalidRequest(f"'max_tokens' exceeds this server's cap of {limits.max_tokens}.", param="max_tokens")
-    n = getattr(req, "n", None)
-    if n is not None and n > limits.max_n:
-        raise InvalidRequest(f"'n' exceeds this server's cap of {limits.max_n}.", param="n")
+    check_caps(services.settings.limits, req)
     model = getattr(req, "model", None) or services.settings.default_model
     if not model:
         raise InvalidRequest("'model' is required.", param="model")
