@@ -1,10 +1,13 @@
-"""VAS bench: reward vs beta per shipped reward, VAS vs Best-of-N at equal base-token budget, cost per answer.
+"""VAS bench: reward vs beta per shipped reward, VAS vs Best-of-N at equal base-token budget, cost per answer
+for both value backends, and what differing base/value tokenizers cost.
 
-    python -m bench.vas [--base-url http://127.0.0.1:PORT/v1] [--vllm-url http://127.0.0.1:PORT --vllm-model NAME]
+    /work/cpu shared .venv/bin/python -m bench.vas            # everything (resumable: rerun to continue)
+    /work/cpu quiet  .venv/bin/python -m bench.vas --sections cost --tag quiet --cost-prompts 4
 
-Base model: SmolLM2-135M-Instruct (Q4_1) served by llama.cpp (started here unless --base-url is given).
-Value models: SmolLM2-135M backbone + head trained per reward on the same base-model samples (head only,
-so it fits on 2 CPU cores). Writes bench/results/vas.json and bench/results/vas.png.
+Base: SmolLM2-135M-Instruct (Q4_1) on llama.cpp (started here unless --base-url). Value models: the SmolLM2-135M
+backbone with a head trained per reward on base-model samples of TRAIN prompts (head only, 2 CPU cores);
+evaluation on HELD_OUT prompts, paired by seed across rows. Per-answer records are cached under --work so that
+an interrupted run continues; bench/results/vas.json and vas.png are rebuilt from the cache at the end.
 """
 
 from __future__ import annotations
@@ -12,18 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
-import statistics
+import random
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from tqdm.auto import tqdm
 
+from bench.vas_data import HELD_OUT, TRAIN, RowCache, summarize
+from bench.vas_report import plot, print_tables
 from reasoning.vas.backends import TorchBackend, ValueBackend, VLLMBackend
-from reasoning.vas.base_lm import CompletionsLM, httpx_post
+from reasoning.vas.base_lm import BaseLM, CompletionsLM, TokenChoice, httpx_post
 from reasoning.vas.decoding import ComposedValue, DecodeParams, decode
 from reasoning.vas.rewards import load_reward
 from reasoning.vas.training import Sample, TrainConfig, collect_samples, read_samples, train_value_model
@@ -31,213 +37,350 @@ from reasoning.vas.value_model import default_backbone, render_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 REWARDS = ["conciseness", "readability", "sentiment", "formality"]
 REWARD_OPTIONS: dict[str, dict[str, Any]] = {"conciseness": {"target_words": 8}}
-
-TRAIN = [
-    "Write one sentence about a sunny holiday at the beach.", "Explain what a noun is.",
-    "Describe a car accident in one sentence.", "Write a short note to your manager asking for a day off.",
-    "Write one sentence about a rainy, cold Monday.", "Explain photosynthesis briefly.",
-    "Describe a wedding in one sentence.", "Tell a friend about your new phone.",
-    "Write one sentence about failing an exam.", "Explain how to boil an egg.",
-    "Describe a walk in the park.", "Write a formal complaint about a late delivery.",
-    "Write one sentence about a good friend.", "Explain why the sky is blue.",
-    "Describe a storm that damaged a house.", "Say hello to a colleague.",
-    "What is your favorite food and why?", "Explain the rules of chess briefly.",
-    "Describe a long wait at the hospital.", "Write a thank-you message to a teacher.",
-]
-HELD_OUT = [
-    "Write one sentence about your weekend.", "Explain what a computer does.",
-    "Describe a visit to your family.", "Write a short message to a new neighbor.",
-    "Describe a day at work.", "Explain how rain forms.",
-]
+SECTIONS = ["train", "sweep", "budget", "tokenizer", "cost"]
 
 
-async def sample_once(base: CompletionsLM, run: Path, per_prompt: int) -> list[Sample]:
-    probe = load_reward("sentiment")
-    return await collect_samples(TRAIN, base, probe, run / "samples.jsonl", per_prompt, 32, seed=0)
+def reward_fn(name: str) -> Any:
+    return load_reward(name, **REWARD_OPTIONS.get(name, {}))
 
 
-def train_all(samples: list[Sample], backbone: Path, run: Path) -> dict[str, Path]:
-    out = {}
-    for name in REWARDS:
-        reward = load_reward(name, **REWARD_OPTIONS.get(name, {}))
-        rescored = [Sample(s.prompt, s.response, reward.score(s.prompt, s.response)) for s in samples]
-        res = train_value_model(rescored, backbone, run / name, TrainConfig(epochs=12, lr=3e-3), {"reward": name},
-                                progress=False)
-        assert res.export_dir is not None
-        out[name] = res.export_dir
-    return out
+class Recorder:
+    """A BaseLM that remembers every top-k step (partial answer, candidates) for the tokenizer replay."""
+
+    def __init__(self, base: BaseLM) -> None:
+        self.base = base
+        self.steps: list[dict[str, Any]] = []
+
+    @property
+    def stats(self) -> Any:
+        return self.base.stats
+
+    async def top_tokens(self, messages: Any, partial: str, k: int) -> list[TokenChoice]:
+        cands = await self.base.top_tokens(messages, partial, k)
+        self.steps.append({"partial": partial, "cands": [[c.text, c.logprob] for c in cands]})
+        return cands
+
+    async def sample(self, *args: Any) -> Any:
+        return await self.base.sample(*args)
 
 
-async def answer(base: CompletionsLM, backend: ValueBackend | None, tok: Any, prompt: str,
-                 params: DecodeParams) -> dict[str, Any]:
-    messages = [{"role": "user", "content": prompt}]
-    value = None
-    if backend is not None and params.beta > 0:
-        value = ComposedValue([(1.0, backend.session(), render_prompt(tok, messages))])
-    started = time.perf_counter()
-    res = await decode(base, messages, value, params)
-    return {"text": res.text, "wall_s": time.perf_counter() - started, **res.details(params.mode, params.beta)}
+class Bench:
+    def __init__(self, args: argparse.Namespace, base: CompletionsLM, tok: Any, cache: RowCache) -> None:
+        self.args, self.base, self.tok, self.cache = args, base, tok, cache
+        self.prompts = HELD_OUT[: args.prompts]
+        self.paths: dict[str, Path] = {}
+        self.backends: dict[str, TorchBackend] = {}
+        self.load: dict[str, list[float]] = {}
+
+    def mark_load(self, label: str) -> None:
+        self.load[label] = [round(x, 2) for x in os.getloadavg()]
+
+    def params(self, **kw: Any) -> DecodeParams:
+        return DecodeParams(top_k=self.args.top_k, max_tokens=self.args.max_tokens, **kw)
+
+    async def answer(self, backend: ValueBackend | None, prompt: str, params: DecodeParams,
+                     record: bool = False) -> dict[str, Any]:
+        messages = [{"role": "user", "content": prompt}]
+        value = None
+        if backend is not None and params.beta > 0:
+            value = ComposedValue([(1.0, backend.session(), render_prompt(self.tok, messages))])
+        base: Any = Recorder(self.base) if record else self.base
+        started = time.perf_counter()
+        res = await decode(base, messages, value, params)
+        row = {"prompt": prompt, "text": res.text, "wall_s": time.perf_counter() - started,
+               **res.details(params.mode, params.beta)}
+        if record:
+            row["trace"] = base.steps
+        return row
+
+    async def rows(self, key: str, backend: ValueBackend | None, params: DecodeParams, prompts: list[str],
+                   record: bool = False) -> list[dict[str, Any]]:
+        """Answers for `prompts` (seed = prompt index), resumed from the cache."""
+        done = self.cache.get(key)
+        for i in tqdm(range(len(done), len(prompts)), desc=key, unit="answer", initial=len(done), total=len(prompts)):
+            done.append(await self.answer(backend, prompts[i], params.model_copy(update={"seed": i}), record))
+            self.cache.save()
+        return done[: len(prompts)]
+
+    # -- training -------------------------------------------------------------------------------------------
+    async def train(self, backbone: Path) -> None:
+        run = Path(self.args.work)
+        samples = read_samples(run / "samples.jsonl")
+        if len({s.prompt for s in samples}) < len(TRAIN[: self.args.train_prompts]):
+            samples = await collect_samples(TRAIN[: self.args.train_prompts], self.base, reward_fn("sentiment"),
+                                            run / "samples.jsonl", self.args.per_prompt, self.args.max_tokens, seed=0)
+        config = TrainConfig(epochs=self.args.epochs, lr=3e-3, batch_size=8, trainable="head", seed=0)
+        for name in tqdm(REWARDS, desc="training value heads", unit="model"):
+            out = run / "models" / name
+            if not (out / "model" / "config.json").is_file():
+                reward = reward_fn(name)
+                rescored = [Sample(s.prompt, s.response, reward.score(s.prompt, s.response)) for s in samples]
+                res = await asyncio.to_thread(train_value_model, rescored, backbone, out, config,
+                                              {"reward": name, **REWARD_OPTIONS.get(name, {})}, False)
+                assert res.export_dir is not None
+            self.paths[name] = out / "model"
+            self.backends[name] = TorchBackend(out / "model", name, threads=1)
+        self.train_info = {"train_prompts": len({s.prompt for s in samples}), "train_samples": len(samples),
+                           "epochs": self.args.epochs,
+                           "epoch_losses": {n: json.loads((p / "rapport_value.json").read_text())["epoch_losses"]
+                                            for n, p in self.paths.items()}}
+
+    # -- reward vs beta (token level) ---------------------------------------------------------------------------
+    async def sweep(self) -> list[dict[str, Any]]:
+        plain = await self.rows("token:b0", None, self.params(beta=0.0), self.prompts)
+        out = []
+        for name in REWARDS:
+            reward = reward_fn(name)
+            base_scores = [reward.score(a["prompt"], a["text"]) for a in plain]
+            out.append({"reward": name, "beta": 0.0, **summarize(base_scores, plain)})
+            for beta in [b for b in self.args.betas if b > 0]:
+                record = name == self.args.trace_reward and beta == self.args.budget_beta
+                answers = await self.rows(f"token:{name}:b{beta:g}", self.backends[name], self.params(beta=beta),
+                                          self.prompts, record)
+                scores = [reward.score(a["prompt"], a["text"]) for a in answers]
+                out.append({"reward": name, "beta": beta, **summarize(scores, answers, base_scores)})
+        return out
+
+    # -- VAS vs Best-of-N at an equal base-token budget ------------------------------------------------------------
+    async def pool(self, n: int) -> list[dict[str, Any]]:
+        """N whole sampled answers per prompt with best_of_n's seeds: Best-of-n for n <= N selects from it."""
+        done = self.cache.get(f"pool:{n}")
+        for i in tqdm(range(len(done), len(self.prompts)), desc=f"pool of {n}", initial=len(done),
+                      total=len(self.prompts)):
+            rng, messages = random.Random(i), [{"role": "user", "content": self.prompts[i]}]
+            c0, t0 = self.base.stats.calls, self.base.stats.tokens
+            started = time.perf_counter()
+            blocks = [await self.base.sample(messages, "", self.args.max_tokens, 1.0, 1.0, rng.randrange(2**31))
+                      for _ in range(n)]
+            done.append({"prompt": self.prompts[i], "texts": [b.text for b in blocks],
+                         "tokens": [b.tokens for b in blocks], "wall_s": time.perf_counter() - started,
+                         "calls": self.base.stats.calls - c0, "base_tokens": self.base.stats.tokens - t0})
+            self.cache.save()
+        return done[: len(self.prompts)]
+
+    async def best_of(self, name: str, pool: list[dict[str, Any]], n: int, oracle: bool) -> dict[str, Any]:
+        reward, backend = reward_fn(name), self.backends[name]
+        scores, answers = [], []
+        for item in pool:
+            texts = item["texts"][:n]
+            started = time.perf_counter()
+            if oracle:
+                vals = [reward.score(item["prompt"], t) for t in texts]
+            else:
+                messages = [{"role": "user", "content": item["prompt"]}]
+                vals = await backend.session().score(render_prompt(self.tok, messages), texts)
+            pick = max(range(n), key=lambda j: vals[j])
+            scores.append(reward.score(item["prompt"], texts[pick]))
+            answers.append({"text": texts[pick], "base_tokens": sum(item["tokens"][:n]), "upstream_calls": n,
+                            "value_calls": 0 if oracle else 1, "steps": 1,
+                            "value_ms": 0.0 if oracle else (time.perf_counter() - started) * 1000,
+                            "wall_s": item["wall_s"] * n / len(item["texts"]) + time.perf_counter() - started})
+        return {"scores": scores, "answers": answers}
+
+    async def budget(self) -> list[dict[str, Any]]:
+        kmax = max(self.args.budget_k)
+        pool = await self.pool(kmax)
+        out = []
+        for name in REWARDS:
+            reward = reward_fn(name)
+            first = [reward.score(it["prompt"], it["texts"][0]) for it in pool]
+            one = [{"text": it["texts"][0], "base_tokens": it["tokens"][0], "upstream_calls": 1, "steps": 1,
+                    "wall_s": it["wall_s"] / len(it["texts"])} for it in pool]
+            out.append({"reward": name, "method": "sample (best-of-1)", "k": 1, **summarize(first, one)})
+            for k in self.args.budget_k:
+                bo = await self.best_of(name, pool, k, oracle=False)
+                out.append({"reward": name, "method": f"best-of-{k}", "k": k, **summarize(bo["scores"], bo["answers"], first)})
+                params = self.params(mode="block", beta=1.0, block_candidates=k, block_tokens=self.args.block_tokens,
+                                     block_select="argmax")
+                answers = await self.rows(f"block:{name}:K{k}", self.backends[name], params, self.prompts)
+                scores = [reward.score(a["prompt"], a["text"]) for a in answers]
+                out.append({"reward": name, "method": f"block VAS K={k} M={self.args.block_tokens}", "k": k,
+                            **summarize(scores, answers, first)})
+            orc = await self.best_of(name, pool, kmax, oracle=True)
+            out.append({"reward": name, "method": f"best-of-{kmax}, true reward (oracle)", "k": kmax,
+                        **summarize(orc["scores"], orc["answers"], first)})
+        return out
+
+    # -- cost per answer, both value backends (same value model) -------------------------------------------------
+    async def cost(self) -> dict[str, Any]:
+        name, tag = self.args.trace_reward, self.args.tag
+        prompts = self.prompts[: self.args.cost_prompts]
+        k = max(self.args.budget_k)
+        configs = [
+            ("plain (beta=0)", self.params(beta=0.0)),
+            (f"token VAS beta={self.args.budget_beta:g}", self.params(beta=self.args.budget_beta)),
+            (f"block VAS K={k} M={self.args.block_tokens}",
+             self.params(mode="block", beta=1.0, block_candidates=k, block_tokens=self.args.block_tokens,
+                         block_select="argmax")),
+            (f"best-of-{k}", self.params(mode="best_of_n", beta=1.0, best_of=k)),
+        ]
+        reward = reward_fn(name)
+        rows = []
+        self.mark_load(f"cost:{tag}:start")
+        for label, params in configs:
+            answers = await self.rows(f"cost:{tag}:torch:{label}", self.backends[name], params, prompts)
+            rows.append({"label": label, "backend": "torch" if params.beta > 0 else "-", **summarize(
+                [reward.score(a["prompt"], a["text"]) for a in answers], answers)})
+        agreement: dict[str, Any] = {}
+        if self.args.vllm and VLLM_PYTHON.exists():
+            todo = [(label, p) for label, p in configs[1:3] if len(self.cache.get(f"cost:{tag}:vllm:{label}")) < len(prompts)]
+            proc, url, started = (None, "", time.perf_counter())
+            if todo or "vllm_agreement" not in self.cache.rows:
+                proc, url = start_vllm(self.paths[name], Path(self.args.work) / "vllm.log")
+                agreement_startup = time.perf_counter() - started
+            try:
+                vb = VLLMBackend(url or "http://127.0.0.1:1", "value", timeout=120)
+                if proc is not None:
+                    texts = [render_prompt(self.tok, [{"role": "user", "content": p}]) + a["text"]
+                             for p, a in zip(prompts, self.cache.get(f"cost:{tag}:torch:{configs[1][0]}"), strict=False)]
+                    got = await vb.score_texts(texts)
+                    want = self.backends[name].score_texts(texts)
+                    self.cache.rows["vllm_agreement"] = [{"max_abs_diff": max(abs(a - b) for a, b in zip(got, want, strict=True)),
+                                                          "texts": len(texts), "startup_s": agreement_startup}]
+                    self.cache.save()
+                for label, params in configs[1:3]:
+                    answers = await self.rows(f"cost:{tag}:vllm:{label}", vb, params, prompts)
+                    rows.append({"label": label, "backend": "vLLM (CPU)", **summarize(
+                        [reward.score(a["prompt"], a["text"]) for a in answers], answers)})
+                await vb.close()
+            finally:
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+            agreement = self.cache.rows.get("vllm_agreement", [{}])[0]
+        self.mark_load(f"cost:{tag}:end")
+        return {"reward": name, "prompts": len(prompts), "rows": rows, "vllm_vs_torch": agreement}
 
 
-async def run_method(base: CompletionsLM, backend: ValueBackend | None, tok: Any, reward_name: str,
-                     params: DecodeParams, prompts: list[str]) -> dict[str, Any]:
-    reward = load_reward(reward_name, **REWARD_OPTIONS.get(reward_name, {}))
-    rows = []
-    for i, prompt in enumerate(prompts):
-        row = await answer(base, backend, tok, prompt, params.model_copy(update={"seed": i}))
-        row["reward"] = reward.score(prompt, row["text"])
-        rows.append(row)
-    mean = statistics.fmean
+def start_vllm(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
 
-    return {
-        "reward": reward_name, "mode": params.mode, "beta": params.beta,
-        "mean_reward": mean(r["reward"] for r in rows),
-        "sem": statistics.stdev(r["reward"] for r in rows) / len(rows) ** 0.5 if len(rows) > 1 else 0.0,
-        "base_tokens": mean(r["base_tokens"] for r in rows), "upstream_calls": mean(r["upstream_calls"] for r in rows),
-        "value_calls": mean(r.get("value_calls", 0) for r in rows), "wall_s": mean(r["wall_s"] for r in rows),
-        "value_ms": mean(r.get("value_ms", 0.0) for r in rows),
-        "value_tokens_rerun": mean(r.get("value_tokens_rerun", 0) for r in rows),
-        "samples": [r["text"] for r in rows[:2]],
-    }
+    from tests.support.servers import free_port
 
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in REWARDS:
-        rows = [r for r in results["beta_sweep"] if r["reward"] == name]
-        ax1.errorbar([r["beta"] for r in rows], [r["mean_reward"] for r in rows], [r["sem"] for r in rows],
-                     marker="o", label=name, capsize=3)
-    ax1.set_xlabel("beta")
-    ax1.set_ylabel("mean reward (held-out prompts)")
-    ax1.set_title("token-level VAS: reward vs beta")
-    ax1.legend()
-    for row in results["budget"]:
-        ax2.errorbar(row["base_tokens"], row["mean_reward"], row["sem"], marker="o", capsize=3)
-        ax2.annotate(f"{row['label']}", (row["base_tokens"], row["mean_reward"]), fontsize=8,
-                     xytext=(4, 4), textcoords="offset points")
-    ax2.set_xlabel("base-model tokens generated per answer")
-    ax2.set_ylabel(f"mean {results['budget_reward']} reward")
-    ax2.set_title("reward vs compute")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    port = free_port()
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", "value", "--runner", "pooling", "--convert", "classify",
+           "--pooler-config", '{"use_activation": false}', "--dtype", "float32", "--max-model-len", "1024",
+           "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 900
+    with tqdm(desc="starting vLLM CPU server", unit="s") as bar:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {proc.returncode}: see {log}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise RuntimeError(f"vLLM did not become healthy: see {log}")
+            time.sleep(1)  # polling a server's start-up
+            bar.update(1)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    run = Path(args.work)
-    backbone = default_backbone(run / "backbones")
     from transformers import AutoTokenizer
 
+    from bench.vas_tokenizer import tokenizer_section
+
+    run = Path(args.work)  # created by main()
+    backbone = default_backbone(run / "backbones")
     tok = AutoTokenizer.from_pretrained(str(backbone))
     post, client = httpx_post(args.base_url)
-    base = CompletionsLM(post, lambda m: render_prompt(tok, m), model="smollm2", extra={"repeat_penalty": 1.0})
-    samples = read_samples(run / "samples.jsonl") if args.reuse else []
-    if not samples:
-        samples = await sample_once(base, run, args.per_prompt)
-    models = await asyncio.to_thread(train_all, samples, backbone, run)
-    backends = {name: TorchBackend(path, name, threads=1) for name, path in models.items()}
-    prompts = HELD_OUT[: args.prompts]
-    common = {"top_k": args.top_k, "max_tokens": args.max_tokens}
-    results: dict[str, Any] = {"config": {**vars(args), "machine": platform.machine(), "torch_threads": 1,
-                                          "train_samples": len(samples)}}
-    sweep = []
-    for name in REWARDS:
-        for beta in args.betas:
-            sweep.append(await run_method(base, backends[name], tok, name, DecodeParams(beta=beta, **common), prompts))
-    results["beta_sweep"] = sweep
-    budget_reward = "sentiment"
-    bt = args.max_tokens
-    k = 4
-    configs = [
-        ("plain (beta=0)", DecodeParams(beta=0.0, **common)),
-        (f"token VAS beta={args.budget_beta}", DecodeParams(beta=args.budget_beta, **common)),
-        (f"block VAS K={k} M=8", DecodeParams(mode="block", beta=args.budget_beta, block_candidates=k, block_tokens=8,
-                                              max_tokens=bt)),
-        (f"best-of-{k}", DecodeParams(mode="best_of_n", best_of=k, max_tokens=bt, beta=1.0)),
-    ]
-    budget = []
-    for label, params in configs:
-        row = await run_method(base, backends[budget_reward], tok, budget_reward, params, prompts)
-        row["label"] = label
-        budget.append(row)
-    results["budget"], results["budget_reward"] = budget, budget_reward
-    cost = [dict(r, backend="torch") for r in budget[1:3]]
-    if args.vllm_url:
-        vb = VLLMBackend(args.vllm_url, args.vllm_model)
-        for label, params in configs[1:3]:
-            row = await run_method(base, vb, tok, budget_reward, params, prompts[:2])
-            cost.append(dict(row, label=label, backend="vllm"))
-        await vb.close()
-    results["backends"] = cost
-    await client.aclose()
+    # Sampling calls use the same top-k nucleus as token-level VAS at beta 0, so all rows share a base policy.
+    base = CompletionsLM(post, lambda m: render_prompt(tok, m), model="smollm2",
+                         extra={"top_k": args.top_k, "min_p": 0.0, "top_p": 1.0, "repeat_penalty": 1.0})
+    cache = RowCache(run / "rows.json")
+    bench = Bench(args, base, tok, cache)
+    # Sections not run now keep their earlier results (e.g. a quiet cost-only run beside a shared full one).
+    out = Path(args.out)
+    old = json.loads((out / "vas.json").read_text()) if (out / "vas.json").is_file() else {}
+    results: dict[str, Any] = old if "configs" in old else {}
+    results.setdefault("configs", {})[args.tag] = {
+        **{k: v for k, v in vars(args).items() if k not in {"work", "base_url", "out"}}, "machine": platform.machine(),
+        "cpus": os.cpu_count(), "torch_threads": 1, "base": "SmolLM2-135M-Instruct Q4_1 (llama.cpp)"}
+    results.setdefault("load", {})
+    try:
+        bench.mark_load("start")
+        await bench.train(backbone)
+        results["train"] = bench.train_info
+        if "sweep" in args.sections:
+            bench.mark_load("sweep:start")
+            results["beta_sweep"] = await bench.sweep()
+        if "budget" in args.sections:
+            bench.mark_load("budget:start")
+            results["budget"] = await bench.budget()
+        if "tokenizer" in args.sections:
+            bench.mark_load("tokenizer:start")
+            key = f"token:{args.trace_reward}:b{args.budget_beta:g}"
+            results["tokenizer"] = await asyncio.to_thread(
+                tokenizer_section, cache, key, bench.paths[args.trace_reward], tok, args.budget_beta, args.tok_prompts,
+                run)
+        if "cost" in args.sections:
+            results.setdefault("cost", {})[args.tag] = await bench.cost()
+        bench.mark_load("end")
+    finally:
+        await client.aclose()
+    results["load"].update({f"{args.tag}:{k}": v for k, v in bench.load.items()})
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", default=None)
-    parser.add_argument("--vllm-url", default=None)
-    parser.add_argument("--vllm-model", default="value")
     parser.add_argument("--work", default=str(ROOT / ".rapport" / "bench-vas"))
-    parser.add_argument("--prompts", type=int, default=6)
-    parser.add_argument("--per-prompt", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS), help="folder for vas.json and vas.png")
+    parser.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS)
+    parser.add_argument("--tag", default="shared", help="label of cost rows (e.g. shared / quiet)")
+    parser.add_argument("--train-prompts", type=int, default=len(TRAIN))
+    parser.add_argument("--per-prompt", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--prompts", type=int, default=len(HELD_OUT))
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 2.0, 5.0])
-    parser.add_argument("--budget-beta", type=float, default=5.0)
-    parser.add_argument("--reuse", action="store_true", help="reuse samples from an earlier run")
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 3.0, 8.0])
+    parser.add_argument("--budget-beta", type=float, default=8.0)
+    parser.add_argument("--budget-k", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--block-tokens", type=int, default=8)
+    parser.add_argument("--trace-reward", default="sentiment")
+    parser.add_argument("--tok-prompts", type=int, default=8)
+    parser.add_argument("--cost-prompts", type=int, default=6)
+    parser.add_argument("--no-vllm", dest="vllm", action="store_false")
     args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     proc = None
     if args.base_url is None:
         from proxy.local_upstream import packaged_gguf, start_llama_server
         from tests.support.servers import free_port
 
         port = free_port()
-        (ROOT / ".rapport").mkdir(exist_ok=True)
         gguf = packaged_gguf()
         assert gguf is not None
-        log = ROOT / ".rapport" / "bench-vas-llama.log"
-        proc = start_llama_server(gguf, port=port, n_ctx=4096, n_threads=2, log_file=log)
+        proc = start_llama_server(gguf, port=port, n_ctx=4096, n_threads=2, log_file=Path(args.work) / "llama.log")
         args.base_url = f"http://127.0.0.1:{port}/v1"
-        import httpx
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{args.base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
     started = time.perf_counter()
     try:
         results = asyncio.run(main_async(args))
     finally:
         if proc is not None:
             proc.terminate()
-    results["total_s"] = time.perf_counter() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "vas.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "vas.png")
-    console = Console()
-    t1 = Table("reward", "beta", "mean reward", "±sem", "s/answer", "value ms/answer", title="token-level VAS vs beta")
-    for r in results["beta_sweep"]:
-        t1.add_row(r["reward"], f"{r['beta']:g}", f"{r['mean_reward']:.3f}", f"{r['sem']:.3f}", f"{r['wall_s']:.1f}",
-                   f"{r['value_ms']:.0f}")
-    console.print(t1)
-    t2 = Table("method", "backend", "mean reward", "base tokens", "upstream calls", "value calls", "s/answer",
-               title=f"compute ({results['budget_reward']})")
-    for r in results["budget"] + [r for r in results["backends"] if r["backend"] == "vllm"]:
-        t2.add_row(r["label"], r.get("backend", "torch"), f"{r['mean_reward']:.3f}", f"{r['base_tokens']:.0f}",
-                   f"{r['upstream_calls']:.1f}", f"{r['value_calls']:.1f}", f"{r['wall_s']:.1f}")
-    console.print(t2)
+            proc.wait(timeout=30)
+    results["last_run_s"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vas.json").write_text(json.dumps(results, indent=2))
+    if "beta_sweep" in results and "budget" in results:
+        plot(results, out / "vas.png")
+    print_tables(results)
 
 
 if __name__ == "__main__":

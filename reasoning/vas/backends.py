@@ -130,11 +130,18 @@ class TorchSession:
         self._ids = list(target)
 
     def _score(self, prefix: str, continuations: list[str]) -> list[float]:
+        tok = self.backend.tokenizer
+        return self.score_ids([tok(prefix + c, add_special_tokens=False).input_ids for c in continuations])
+
+    def score_ids(self, full: list[list[int]]) -> list[float]:
+        """V at the last token of each id sequence (blocking), reusing the cache over their shared prefix.
+
+        `score` retokenizes text; this entry point takes ids directly, for callers whose base model shares
+        the value tokenizer and can pass its own tokens through (the bench measures both).
+        """
         import time
 
         started = time.perf_counter()
-        tok = self.backend.tokenizer
-        full = [tok(prefix + c, add_special_tokens=False).input_ids for c in continuations]
         shared = full[0]
         for ids in full[1:]:
             shared = shared[: _common_len(shared, ids)]
@@ -153,7 +160,7 @@ class TorchSession:
             last = torch.tensor([len(s) - 1 for s in suffixes])
             values = head(model)(hidden[torch.arange(len(suffixes)), last]).squeeze(-1)
         self.stats.calls += 1
-        self.stats.candidates += len(continuations)
+        self.stats.candidates += len(full)
         self.stats.tokens_run += sum(len(s) for s in suffixes)
         self.stats.seconds += time.perf_counter() - started
         return [float(v) for v in values]

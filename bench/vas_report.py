@@ -1,0 +1,108 @@
+"""Tables (rich) and the README plot for bench/vas.py results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REWARDS = ["conciseness", "readability", "sentiment", "formality"]
+
+
+def _pm(row: dict[str, Any]) -> str:
+    return f"{row['mean_reward']:.3f} ± {row['sem']:.3f}"
+
+
+def _diff(row: dict[str, Any]) -> str:
+    if "diff_vs_baseline" not in row:
+        return "-"
+    return f"{row['diff_vs_baseline']:+.3f} ± {row['diff_sem']:.3f} (p={row['wilcoxon_p_greater']:.3g})"
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    console = Console(width=170)
+    if "beta_sweep" in results:
+        t = Table("reward", "beta", "mean reward ± sem", "paired diff vs beta 0 (Wilcoxon p, >)", "s/answer",
+                  "value ms/answer", title="token-level VAS vs beta (held-out prompts)")
+        for r in results["beta_sweep"]:
+            t.add_row(r["reward"], f"{r['beta']:g}", _pm(r), _diff(r), f"{r['wall_s']:.1f}", f"{r['value_ms']:.0f}")
+        console.print(t)
+    if "budget" in results:
+        t = Table("reward", "method", "base tokens", "mean reward ± sem", "paired diff vs 1 sample (p, >)",
+                  title="VAS vs Best-of-N at equal base-model tokens")
+        for r in results["budget"]:
+            t.add_row(r["reward"], r["method"], f"{r['base_tokens']:.1f}", _pm(r), _diff(r))
+        console.print(t)
+    if "tokenizer" in results and "rows" in results["tokenizer"]:
+        tk = results["tokenizer"]
+        t = Table("path", "ms/step", "value tokens/step", "re-run tokens/step", "mean |dV| (centred)",
+                  "max |dV|", "mean TV", "argmax changed",
+                  title=f"tokenizer paths, {tk['steps']} replayed steps, beta {tk['beta']:g}")
+        for r in tk["rows"]:
+            t.add_row(r["path"], f"{r['ms_per_step']:.0f}", f"{r['value_tokens_per_step']:.1f}",
+                      f"{r['rerun_tokens_per_step']:.2f}", f"{r['mean_abs_centred_value_diff']:.2e}",
+                      f"{r['max_abs_centred_value_diff']:.2e}", f"{r['mean_tv_distance']:.3f}",
+                      f"{100 * r['argmax_changed_share']:.1f}%")
+        console.print(t)
+    for tag, cost in results.get("cost", {}).items():
+        t = Table("method", "backend", "mean reward", "base tokens", "upstream calls", "value calls", "upstream s",
+                  "value s", "s/answer", title=f"cost per answer ({cost['reward']}, {cost['prompts']} prompts, {tag})")
+        for r in cost["rows"]:
+            t.add_row(r["label"], r["backend"], f"{r['mean_reward']:.3f}", f"{r['base_tokens']:.1f}",
+                      f"{r['upstream_calls']:.1f}", f"{r['value_calls']:.1f}", f"{r['upstream_ms'] / 1000:.2f}",
+                      f"{r['value_ms'] / 1000:.2f}", f"{r['wall_s']:.2f}")
+        console.print(t)
+        if cost.get("vllm_vs_torch"):
+            console.print(f"vLLM vs torch, same model: {cost['vllm_vs_torch']}")
+    console.print(f"load averages: {results.get('load')}")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.2))
+    ax = axes[0]
+    for name in REWARDS:
+        rows = [r for r in results["beta_sweep"] if r["reward"] == name]
+        ax.errorbar([r["beta"] for r in rows], [r.get("diff_vs_baseline", 0.0) for r in rows],
+                    [r.get("diff_sem", 0.0) for r in rows], marker="o", capsize=3, label=name)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("beta")
+    ax.set_ylabel("reward gain over beta 0 (paired, ± sem)")
+    ax.set_title("token-level VAS: gain vs beta")
+    ax.legend(fontsize=8)
+    styles = {"best": ("s", "tab:blue"), "block": ("o", "tab:red"), "oracle": ("x", "grey"),
+              "sample": ("D", "black"), "token": ("^", "tab:green")}
+    for ax, name in zip(axes[1:], REWARDS, strict=True):
+        series: dict[str, list[tuple[float, float, float]]] = {}
+        for r in results["budget"]:
+            if r["reward"] != name:
+                continue
+            kind = "oracle" if "oracle" in r["method"] else r["method"].split()[0].split("-")[0]
+            series.setdefault(kind, []).append((r["base_tokens"], r["mean_reward"], r["sem"]))
+        series["best"] = series.get("sample", []) + series.get("best", [])
+        series["block"] = series.get("sample", []) + series.get("block", [])
+        series["token"] = [(r["base_tokens"], r["mean_reward"], r["sem"]) for r in results["beta_sweep"]
+                           if r["reward"] == name and r["beta"] == max(x["beta"] for x in results["beta_sweep"])]
+        labels = {"best": "Best-of-N (value model)", "block": "block VAS (argmax)", "oracle": "Best-of-N, true reward",
+                  "sample": "one sample", "token": "token VAS, top beta"}
+        for kind, pts in series.items():
+            if not pts:
+                continue
+            pts.sort()
+            marker, color = styles.get(kind, ("o", None))
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker=marker, color=color,
+                        capsize=3, label=labels.get(kind, kind), ls="-" if kind in {"best", "block"} else "none")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("base-model tokens per answer")
+        ax.set_ylabel(f"mean {name} reward")
+        ax.set_title(f"{name}: reward vs compute")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
