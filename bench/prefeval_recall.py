@@ -1,17 +1,25 @@
 """PrefEval recall: does a stated preference reach the upstream prompt after N unrelated turns?
 
-    .venv/bin/python bench/prefeval_recall.py [--per-topic 2] [--turns 0,10,50,100,300] [--k 8]
+    .venv/bin/python -m bench.prefeval_recall [--per-topic 2] [--turns 0,10,50,100,300] [--k 8]
+        [--summary-max-words 40 --summary-max-tokens 64] [--summary-budget-min 35]
 
 For each sampled PrefEval explicit-preference record, a fresh user states the preference, then N unrelated
 user turns from `filtered_inter_turns.json` follow, then the benchmark question is asked. The memory stage's
-composition for that question is inspected (the exact text the upstream would receive):
+composition for that question is inspected (the exact text the upstream would receive), in three arms:
 
-* retrieval only: top-k items, no summary;
-* summary-augmented: the task-aware summary written offline by the real SmolLM2 (llama.cpp) through the job
-  queue, plus a quarter of k items (Richardson et al. 2023).
+* retrieval only, top-k items, no summary;
+* retrieval only, ceil(k/4) items (a control: what the summary has to add to);
+* summary-augmented (Richardson et al. 2023): the task-aware summary written offline by the real SmolLM2
+  (llama.cpp) through the job queue, plus ceil(k/4) items.
 
-"Reached" means the preference item itself is quoted in the block, or (summary-augmented) the summary states
-it: some sentence of the summary has cosine similarity >= --judge with the preference (all-MiniLM-L6-v2).
+"Reached": the preference item itself is quoted in the block, or (summary-augmented) the summary states it.
+The summary judge (headline): a sentence of the preference is repeated (near-)verbatim in the summary with the
+same negation; sound, but it misses paraphrases. Two looser readings are kept next to it: "lenient" (a summary
+sentence with cosine >= --judge to the preference, all-MiniLM-L6-v2, agreeing on explicit negation) and
+"cosine only" (the earlier judge). Cosine measures topic, not stance, so the looser ones count contradicting
+paraphrases as hits; `judge_null` measures how often each says yes to another domain's preference. Tokens
+are split into the block's fixed frame, the summary and the raw items (4-characters-per-token estimate, as the
+memory stage reports).
 PrefEval (Zhao et al. 2025) is CC BY-NC 4.0. Writes bench/results/prefeval_recall.{json,png}.
 """
 
@@ -21,38 +29,42 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import re
 import shutil
 import signal
 import tempfile
 import time
+from difflib import SequenceMatcher
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import httpx
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 from tqdm import tqdm
 
 from bench._common import RESULTS, explicit_preferences, free_port, inter_turn_user_texts
-from memory.compose import quote
+from bench.prefeval_report import aggregate, plot, report
+from memory.compose import quote, render_item, render_summary
 from memory.config import MemorySettings
-from memory.embedding import SentenceTransformerEmbedder
+from memory.embedding import Embedder, SentenceTransformerEmbedder, Vectors
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
 from memory.llm import LLMResult
-from memory.service import MemoryOptions, MemoryService
+from memory.retrieval import estimate_tokens
+from memory.service import MemoryOptions, MemoryService, Retrieval
 from proxy.local_upstream import packaged_gguf, start_llama_server
 
-console = Console()
+PARTIAL = RESULTS / "prefeval_recall.partial.json"
+_NEGATION = re.compile(r"\b(?:not|no|never|cannot|without|nor|neither)\b|n't\b", re.IGNORECASE)
 
 
 class OpenAIChat:
     """A ChatLLM over an OpenAI-style endpoint (here the local llama.cpp server)."""
 
     def __init__(self, base_url: str, model: str = "smollm2") -> None:
-        self._client = httpx.AsyncClient(base_url=base_url, timeout=300)
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=600)
         self._model = model
 
     async def chat(self, messages: list[dict[str, Any]], **options: Any) -> LLMResult:
@@ -69,17 +81,229 @@ class OpenAIChat:
             raw=body,
         )
 
+    async def close(self) -> None:
+        await self._client.aclose()
+
 
 def sample(records: list[dict[str, Any]], per_topic: int) -> list[dict[str, Any]]:
+    """`per_topic` records of every topic, interleaved (each topic's first, then each topic's second, ...).
+
+    The order matters when the summary arm is cut short by its time budget: a prefix still spans topics.
+    """
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         by_topic.setdefault(rec["topic"], []).append(rec)
-    return [rec for topic in sorted(by_topic) for rec in by_topic[topic][:per_topic]]
+    return [by_topic[t][r] for r in range(per_topic) for t in sorted(by_topic) if r < len(by_topic[t])]
 
 
 def sentences(text: str) -> list[str]:
-    parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text) if p.strip()]
-    return parts or [text]
+    parts = [p.strip(" -*\"'") for p in re.split(r"(?<=[.!?])\s+|\n+", text)]
+    return [p for p in parts if p] or [text]
+
+
+def negated(text: str) -> bool:
+    return bool(_NEGATION.search(text))
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9']+", " ", text.lower()).split())
+
+
+def copies(preference: str, parts: list[str]) -> bool:
+    """Some sentence of the preference is repeated (near-)verbatim, with the same negation, in the summary."""
+    for sent in sentences(preference):
+        if len(_norm(sent).split()) < 4:
+            continue
+        for part in parts:
+            close = (
+                _norm(sent) in _norm(part) or SequenceMatcher(None, _norm(sent), _norm(part)).ratio() >= 0.9
+            )
+            if close and negated(part) == negated(sent):
+                return True
+    return False
+
+
+def verdict(
+    preference: str, pref_vec: Vectors, parts: list[str], part_vecs: Vectors, threshold: float
+) -> dict[str, Any]:
+    """Three readings of "the summary states the preference", strictest first.
+
+    copy: a preference sentence is repeated (near-)verbatim with the same negation (sound, but blind to
+    paraphrase); lenient: a summary sentence with cosine >= threshold that agrees on explicit negation (catches
+    paraphrase, but cosine measures topic, so "I prefer mainstream pop" matches "I refuse to listen to
+    mainstream pop"); cosine_only: the earlier judge.
+    """
+    sims = part_vecs @ pref_vec
+    matching = [i for i in range(len(parts)) if float(sims[i]) >= threshold]
+    agreeing = [i for i in matching if negated(parts[i]) == negated(preference)]
+    best = int(np.argmax(sims))
+    shown = agreeing[0] if agreeing else best
+    return {
+        "similarity": round(float(sims[best]), 3),
+        "sentence": parts[shown][:400],
+        "negation_agrees": bool(agreeing) or (negated(parts[best]) == negated(preference)),
+        "hit_cosine_only": bool(matching),
+        "hit_lenient": bool(agreeing),
+        "hit": copies(preference, parts),
+    }
+
+
+def summary_fields(item_hit: bool, v: dict[str, Any]) -> dict[str, Any]:
+    """A summary-augmented row's verdicts: reached = the item is quoted or the summary states it."""
+    return {
+        "hit": item_hit or v["hit"],
+        "item_hit": item_hit,
+        "summary_hit": v["hit"],
+        "hit_lenient": item_hit or v["hit_lenient"],
+        "summary_hit_lenient": v["hit_lenient"],
+        "hit_cosine_only": item_hit or v["hit_cosine_only"],
+        "summary_hit_cosine_only": v["hit_cosine_only"],
+        "summary_similarity": v["similarity"],
+        "summary_sentence": v["sentence"],
+        "negation_agrees": v["negation_agrees"],
+    }
+
+
+async def judge_summary(
+    embedder: Embedder, preference: str, summary: str, threshold: float
+) -> dict[str, Any]:
+    """Does the summary state the preference? (see `verdict`)"""
+    if not summary:
+        return {
+            "similarity": 0.0,
+            "sentence": "",
+            "negation_agrees": False,
+            "hit_cosine_only": False,
+            "hit_lenient": False,
+            "hit": False,
+        }
+    parts = sentences(summary)
+    vecs = await embedder.embed([preference, *parts])
+    return verdict(preference, vecs[0], parts, vecs[1:], threshold)
+
+
+def domain(topic: str) -> str:
+    return topic.split("_", 1)[0]
+
+
+async def judge_null(
+    embedder: Embedder, rows: list[dict[str, Any]], prefs: dict[tuple[str, int], str], threshold: float
+) -> dict[str, Any]:
+    """The judge's false-hit rate: every summary judged against every sampled preference of another domain.
+
+    (education/entertain/lifestyle/pet/professional/shop/travel: topics of one domain can share a preference,
+    e.g. two "aversion to online ..." statements, so only other domains make a clean null.) A sound judge says
+    "no" to these pairs.
+    """
+    keys = sorted(prefs)
+    pref_vecs = await embedder.embed([prefs[k] for k in keys])
+    hits = lenient_hits = cosine_hits = pairs = 0
+    for r in rows:
+        if "augmented" not in r or not r["augmented"]["summary"]:
+            continue
+        parts = sentences(r["augmented"]["summary"])
+        part_vecs = await embedder.embed(parts)
+        for j, key in enumerate(keys):
+            if domain(key[0]) == domain(r["topic"]):
+                continue
+            v = verdict(prefs[key], pref_vecs[j], parts, part_vecs, threshold)
+            pairs += 1
+            hits += v["hit"]
+            lenient_hits += v["hit_lenient"]
+            cosine_hits += v["hit_cosine_only"]
+    return {
+        "pairs": pairs,
+        "false_hit_rate": round(hits / pairs, 4) if pairs else None,
+        "false_hit_rate_lenient": round(lenient_hits / pairs, 4) if pairs else None,
+        "false_hit_rate_cosine_only": round(cosine_hits / pairs, 4) if pairs else None,
+    }
+
+
+def split_tokens(ret: Retrieval, frame_tokens: int) -> dict[str, int]:
+    summary = render_summary(ret.summary.text, ret.task) if ret.summary else ""
+    items = "".join(render_item(it) for it in ret.items)
+    return {
+        "tokens": ret.tokens,
+        "frame_tokens": frame_tokens if ret.block else 0,
+        "summary_tokens": estimate_tokens(summary),
+        "item_tokens": estimate_tokens(items),
+        "items": len(ret.items),
+    }
+
+
+async def one(
+    service: MemoryService,
+    embedder: Embedder,
+    jobs: JobQueue,
+    rec: dict[str, Any],
+    n: int,
+    user: str,
+    inter: list[str],
+    args: argparse.Namespace,
+    frame_tokens: int,
+    with_summary: bool,
+) -> dict[str, Any]:
+    t0 = time.time() - (n + 2) * 60.0
+    items = [MemoryItem("prefeval", user, rec["preference"], ts=t0)]
+    items += [MemoryItem("prefeval", user, text, ts=t0 + (j + 1) * 60.0) for j, text in enumerate(inter[:n])]
+    await service.ingest(items)
+    messages = [{"role": "user", "content": rec["question"]}]
+    pref_line = quote(rec["preference"])
+    row: dict[str, Any] = {"topic": rec["topic"], "index": rec["index"], "n": n}
+    for arm, k in (("retrieval", args.k), ("retrieval_small", math.ceil(args.k / 4))):
+        _, ret = await service.compose("prefeval", user, messages, MemoryOptions(k=k, summary=False))
+        row[arm] = {"hit": pref_line in ret.block, **split_tokens(ret, frame_tokens)}
+    if not with_summary:
+        return row
+    started = time.perf_counter()
+    [job_id] = await service.request_summaries("prefeval", user)
+    job = await jobs.wait(job_id, within=900)
+    seconds = time.perf_counter() - started
+    _, aug = await service.compose("prefeval", user, messages, MemoryOptions(k=args.k))
+    summary = aug.summary.text if aug.summary else ""
+    # Was the preference among what the summarizer was shown at all? (If not, no summarizer can carry it.)
+    shown, _ = await service.summary_inputs("prefeval", user, aug.task)
+    judged = await judge_summary(embedder, rec["preference"], summary, args.judge)
+    item_hit = pref_line in aug.block
+    row["augmented"] = {
+        **summary_fields(item_hit, judged),
+        "summary_verbatim": rec["preference"].strip().lower() in summary.lower(),
+        "preference_in_summary_input": rec["preference"] in shown,
+        "summary_inputs": len(shown),
+        "summary_job": job.status if job else "gone",
+        "summary_seconds": round(seconds, 1),
+        "summary": summary,
+        **split_tokens(aug, frame_tokens),
+    }
+    return row
+
+
+async def rejudge(args: argparse.Namespace) -> None:
+    """Apply the current judge to the saved summaries and rewrite the JSON and the plot (SmolLM2 not needed)."""
+    path = RESULTS / "prefeval_recall.json"
+    out = json.loads(path.read_text())
+    prefs = {(r["topic"], r["index"]): r["preference"] for r in explicit_preferences()}
+    embedder = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
+    try:
+        for row in out["rows"]:
+            aug = row.get("augmented")
+            if not aug:
+                continue
+            v = await judge_summary(embedder, prefs[(row["topic"], row["index"])], aug["summary"], args.judge)
+            aug.update(summary_fields(aug["item_hit"], v))
+        used = {(r["topic"], r["index"]) for r in out["rows"]}
+        out["judge_null"] = await judge_null(
+            embedder, out["rows"], {key: prefs[key] for key in used}, args.judge
+        )
+    finally:
+        embedder.close()
+    out["config"]["judge"] = args.judge
+    out["rejudged"] = True
+    turns = [int(n) for n in out["by_n"]]
+    out["by_n"] = aggregate(out["rows"], turns)
+    path.write_text(json.dumps(out, indent=2))
+    report(out["by_n"], out["config"]["k"])
+    plot(out["by_n"], out["config"]["k"], RESULTS / "prefeval_recall.png")
 
 
 async def main() -> None:
@@ -90,15 +314,28 @@ async def main() -> None:
     parser.add_argument("--judge", type=float, default=0.6)
     parser.add_argument("--no-summary", action="store_true")
     parser.add_argument(
-        "--summary-questions",
-        type=int,
-        default=5,
-        help="summary-augmented for M sampled questions per N, spread over topics (one SmolLM2 call each)",
+        "--summary-questions", type=int, default=0, help="summary arm for the first M (0: all)"
     )
-    parser.add_argument("--summary-max-tokens", type=int, default=96)
+    parser.add_argument(
+        "--summary-budget-min",
+        type=float,
+        default=0.0,
+        help="start no new question's summaries (all its N at once) past this many minutes of summary writing",
+    )
+    parser.add_argument("--summary-max-words", type=int, default=40)
+    parser.add_argument("--summary-max-tokens", type=int, default=64)
     parser.add_argument("--llm-threads", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run")
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="re-run only the judge on the summaries saved in bench/results/prefeval_recall.json (no LLM)",
+    )
     args = parser.parse_args()
+    if args.rejudge:
+        await rejudge(args)
+        return
     turns = [int(t) for t in args.turns.split(",")]
     # SIGTERM runs the cleanup below (stops the llama.cpp server) like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -106,6 +343,9 @@ async def main() -> None:
     records = sample(explicit_preferences(), args.per_topic)
     inter = inter_turn_user_texts()
     assert max(turns) <= len(inter), f"only {len(inter)} inter turns available"
+    rows: list[dict[str, Any]] = json.loads(PARTIAL.read_text()) if args.resume and PARTIAL.exists() else []
+    done = {(r["topic"], r["index"], r["n"]) for r in rows}
+    load_before = os.getloadavg()
 
     embedder = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
     workdir = Path(tempfile.mkdtemp(prefix="rapport-prefeval-"))
@@ -120,174 +360,86 @@ async def main() -> None:
         )
         llm = OpenAIChat(f"http://127.0.0.1:{port}/v1")
     settings = MemorySettings(
-        summary_every=10_000, summary_item_fraction=0.25, summary_max_tokens=args.summary_max_tokens
+        summary_every=10_000,
+        summary_item_fraction=0.25,
+        summary_max_words=args.summary_max_words,
+        summary_max_tokens=args.summary_max_tokens,
     )
     jobs = JobQueue(workdir / "jobs.sqlite3", poll_interval_s=0.05)
     service = MemoryService(
         settings, data_dir=workdir, embedder=embedder, jobs=jobs, llm_factory=(lambda: llm) if llm else None
     )
+    frame_tokens = estimate_tokens(
+        Template(service.composer.path.read_text()).safe_substitute(summary="", items="")
+    )
     await jobs.start()
-    rows: list[dict[str, Any]] = []
-    # Summary-augmented rows are spread evenly over the sample (so over topics), M per N.
-    step = max(1, len(records) // max(1, args.summary_questions))
-    summary_rows = set(range(0, len(records), step)[: args.summary_questions])
     started = time.perf_counter()
+    summary_seconds = sum(r.get("augmented", {}).get("summary_seconds", 0.0) for r in rows)
+    summarized_questions = 0
+    summary_limit = args.summary_questions or len(records)
+    stopped_by_budget = False
     try:
-        for n in turns:
-            for i, rec in enumerate(tqdm(records, desc=f"N={n}")):
-                user = f"q{i}-n{n}"
-                t0 = time.time() - (n + 2) * 60.0
-                items = [MemoryItem("prefeval", user, rec["preference"], ts=t0)]
-                items += [
-                    MemoryItem("prefeval", user, text, ts=t0 + (j + 1) * 60.0)
-                    for j, text in enumerate(inter[:n])
-                ]
-                await service.ingest(items)
-                messages = [{"role": "user", "content": rec["question"]}]
-                _, plain = await service.compose(
-                    "prefeval", user, messages, MemoryOptions(k=args.k, summary=False)
+        for i, rec in enumerate(tqdm(records, desc="questions")):
+            with_summary = llm is not None and summarized_questions < summary_limit
+            if with_summary and args.summary_budget_min and summarized_questions:
+                per_question = summary_seconds / summarized_questions
+                if summary_seconds + per_question > args.summary_budget_min * 60:
+                    with_summary, stopped_by_budget = False, True
+                    summary_limit = summarized_questions
+            for n in turns:
+                if (rec["topic"], rec["index"], n) in done:
+                    continue
+                row = await one(
+                    service, embedder, jobs, rec, n, f"q{i}-n{n}", inter, args, frame_tokens, with_summary
                 )
-                row: dict[str, Any] = {
-                    "topic": rec["topic"],
-                    "index": rec["index"],
-                    "n": n,
-                    "retrieval_hit": quote(rec["preference"]) in plain.block,
-                    "retrieval_tokens": plain.tokens,
-                }
-                if llm is not None and i in summary_rows:
-                    [job_id] = await service.request_summaries("prefeval", user)
-                    job = await jobs.wait(job_id, within=600)
-                    _, aug = await service.compose("prefeval", user, messages, MemoryOptions(k=args.k))
-                    summary = aug.summary.text if aug.summary else ""
-                    sim = 0.0
-                    if summary:
-                        vecs = await embedder.embed([rec["preference"], *sentences(summary)])
-                        sim = float(np.max(vecs[1:] @ vecs[0]))
-                    item_hit = quote(rec["preference"]) in aug.block
-                    row.update(
-                        summary_job=job.status if job else "gone",
-                        summary=summary,
-                        summary_similarity=round(sim, 3),
-                        augmented_item_hit=item_hit,
-                        augmented_summary_hit=sim >= args.judge,
-                        augmented_hit=item_hit or sim >= args.judge,
-                        augmented_items=len(aug.items),
-                        augmented_tokens=aug.tokens,
-                    )
+                summary_seconds += row.get("augmented", {}).get("summary_seconds", 0.0)
                 rows.append(row)
-                # Partial results survive an interrupted run.
-                (RESULTS / "prefeval_recall.partial.json").write_text(json.dumps(rows, indent=1))
+                # Partial results survive an interrupted run (--resume picks them up).
+                PARTIAL.write_text(json.dumps(rows, indent=1))
+            if with_summary:
+                summarized_questions += 1
+        null_judge = await judge_null(
+            embedder, rows, {(r["topic"], r["index"]): r["preference"] for r in records}, args.judge
+        )
     finally:
         await jobs.close()
         service.close()
         embedder.close()
+        if llm is not None:
+            await llm.close()
         if llama is not None:
             llama.terminate()
             llama.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    summary = aggregate(rows, turns, llm is not None)
+    by_n = aggregate(rows, turns)
     out = {
-        "config": {**vars(args), "questions": len(records), "k_summary": math.ceil(args.k * 0.25)},
+        "config": {
+            **vars(args),
+            "questions": len(records),
+            "k_small": math.ceil(args.k / 4),
+            "summary_item_fraction": 0.25,
+            "summary_max_items": settings.summary_max_items,
+            "summary_item_chars": settings.summary_item_chars,
+            "token_budget": settings.token_budget,
+            "frame_tokens": frame_tokens,
+            "summary_model": "SmolLM2-135M-Instruct Q4_1 (llama.cpp)" if llm else None,
+        },
+        "summary_questions_per_n": summarized_questions,
+        "summary_stopped_by_time_budget": stopped_by_budget,
+        "summary_writing_seconds": round(summary_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
-        "by_n": summary,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "data": "PrefEval (Zhao et al., ICLR 2025), CC BY-NC 4.0; read from ../shared/data/prefeval, not copied",
+        "judge_null": null_judge,
+        "by_n": by_n,
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "prefeval_recall.json").write_text(json.dumps(out, indent=2))
-    (RESULTS / "prefeval_recall.partial.json").unlink(missing_ok=True)
-    report(summary, args.k)
-    plot(summary, args.k)
-
-
-def aggregate(rows: list[dict[str, Any]], turns: list[int], with_summary: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for n in turns:
-        sel = [r for r in rows if r["n"] == n]
-        entry = {
-            "questions": len(sel),
-            "retrieval_recall": round(float(np.mean([r["retrieval_hit"] for r in sel])), 3),
-            "retrieval_tokens": round(float(np.mean([r["retrieval_tokens"] for r in sel])), 1),
-        }
-        aug = [r for r in sel if "augmented_hit" in r]
-        if with_summary and aug:
-            entry["augmented_questions"] = len(aug)
-            entry["retrieval_recall_same_questions"] = round(
-                float(np.mean([r["retrieval_hit"] for r in aug])), 3
-            )
-            sel = aug
-            entry.update(
-                augmented_recall=round(float(np.mean([r["augmented_hit"] for r in sel])), 3),
-                augmented_item_recall=round(float(np.mean([r["augmented_item_hit"] for r in sel])), 3),
-                augmented_summary_recall=round(float(np.mean([r["augmented_summary_hit"] for r in sel])), 3),
-                augmented_tokens=round(float(np.mean([r["augmented_tokens"] for r in sel])), 1),
-            )
-        out[str(n)] = entry
-    return out
-
-
-def report(summary: dict[str, Any], k: int) -> None:
-    table = Table(title="PrefEval: preference reaches the upstream prompt")
-    for col in (
-        "N inter turns",
-        "questions",
-        f"retrieval k={k}",
-        "tokens",
-        "summary+k/4",
-        "(item)",
-        "(summary)",
-        "tokens",
-    ):
-        table.add_column(col)
-    for n, e in summary.items():
-        table.add_row(
-            n,
-            str(e["questions"]),
-            f"{e['retrieval_recall']:.2f}",
-            f"{e['retrieval_tokens']:.0f}",
-            f"{e.get('augmented_recall', float('nan')):.2f}",
-            f"{e.get('augmented_item_recall', float('nan')):.2f}",
-            f"{e.get('augmented_summary_recall', float('nan')):.2f}",
-            f"{e.get('augmented_tokens', float('nan')):.0f}",
-        )
-    console.print(table)
-
-
-def plot(summary: dict[str, Any], k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ns = [int(n) for n in summary]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(
-        ns, [summary[str(n)]["retrieval_recall"] for n in ns], marker="o", label=f"retrieval only (k={k})"
-    )
-    if "augmented_recall" in summary[str(ns[0])]:
-        ax.plot(
-            ns,
-            [summary[str(n)]["augmented_recall"] for n in ns],
-            marker="s",
-            label=f"summary + k/4 items (k={math.ceil(k / 4)})",
-        )
-        ax.plot(
-            ns,
-            [summary[str(n)]["augmented_summary_recall"] for n in ns],
-            marker="^",
-            linestyle="--",
-            label="…of which via the summary",
-        )
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xticks(ns)
-    ax.set_xticklabels([str(n) for n in ns])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("unrelated turns between preference and question (N)")
-    ax.set_ylabel("preference reaches the prompt")
-    ax.set_title("PrefEval explicit preferences (Rapport memory)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / "prefeval_recall.png", dpi=120)
+    PARTIAL.unlink(missing_ok=True)
+    report(by_n, args.k)
+    plot(by_n, args.k, RESULTS / "prefeval_recall.png")
 
 
 if __name__ == "__main__":
