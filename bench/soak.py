@@ -8,8 +8,12 @@ through the admin API and compared with the successful chats (each stores exactl
     python bench/soak.py                          # concurrency 64 for 10 minutes
     python bench/soak.py --duration 60 --concurrency 16
 
-Reports requests served, 5xx count, items written against expected, latency percentiles, and the server's
-RSS after warm-up and at the end; writes `bench/results/soak.json`.
+Before measuring, every user is touched once (one chat each) and then a short load warms the caches, so the
+RSS taken at the start already includes each user's Chroma collection being opened; RSS is then sampled every
+few seconds through the measured load, so growth in the steady state (a leak) is told apart from warm-up.
+
+Reports requests served, 5xx count, items written against expected, latency percentiles, the server's RSS
+after warm-up, at the end and over time, and the load average; writes `bench/results/soak.json`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -199,6 +204,60 @@ async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, 
             tally.ok_chats += 1
 
 
+async def touch_users(url: str, concurrency: int, users: int) -> Tally:
+    """One chat for every user, so that each user's collection exists and is open before RSS is taken."""
+    tally = Tally()
+    pending = iter(range(users))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for index in pending:
+            body = {"model": "m", "messages": [{"role": "user", "content": f"Hello, I am user {index}; turn {next(_SEQ)}."}]}
+            started = time.perf_counter()
+            try:
+                response = await client.post(
+                    f"{url}/v1/chat/completions",
+                    headers={"authorization": f"Bearer {API_KEY}", "x-rapport-user": f"user-{index}"},
+                    json=body,
+                )
+            except httpx.HTTPError:
+                tally.transport_errors += 1
+                continue
+            tally.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+            tally.statuses[response.status_code] += 1
+            tally.ok_chats += response.status_code == 200
+
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(min(concurrency, users))))
+    return tally
+
+
+class RSSSampler:
+    """Samples the server's RSS every `every` seconds on a thread while the load runs."""
+
+    def __init__(self, pid: int, every: float = 5.0) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = 0.0
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((round(time.monotonic() - self._started, 1), round(rss_bytes(self.pid) / 2**20, 1)))
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> RSSSampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 async def load(url: str, concurrency: int, users: int, seconds: float) -> Tally:
     tally = Tally()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -261,17 +320,28 @@ def run_soak(
     server = RapportProcess(write_config(workdir / "data", upstream.base_url), workdir / "server.log")
     try:
         server.start()
+        rss_ready = rss_bytes(server.pid)
+        touched = asyncio.run(touch_users(server.url, concurrency, users))
+        # Wait until every warm-up turn is recorded, so the measured window starts from a drained server.
+        wait_items(server.url, touched.ok_chats, timeout=600)
         warm = asyncio.run(load(server.url, concurrency, users, warmup))
+        wait_items(server.url, touched.ok_chats + warm.ok_chats, timeout=600)
         rss_start = rss_bytes(server.pid)
+        load_before = os.getloadavg()
         started = time.monotonic()
-        tally = asyncio.run(load(server.url, concurrency, users, duration))
+        with RSSSampler(server.pid) as sampler:
+            tally = asyncio.run(load(server.url, concurrency, users, duration))
         elapsed = time.monotonic() - started
         rss_end = rss_bytes(server.pid)
-        expected = warm.ok_chats + tally.ok_chats
+        expected = touched.ok_chats + warm.ok_chats + tally.ok_chats
         written = wait_items(server.url, expected, timeout=600)
+        rss_drained = rss_bytes(server.pid)
+        load_after = os.getloadavg()
     finally:
         server.stop()
         upstream.stop()
+    samples = sampler.samples
+    half = [mb for t, mb in samples if t >= elapsed / 2]
     served = sum(tally.statuses.values())
     errors_5xx = sum(n for status, n in tally.statuses.items() if status >= 500)
     return {
@@ -282,7 +352,8 @@ def run_soak(
         "throughput_rps": round(served / elapsed, 1) if elapsed else 0.0,
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors_5xx": errors_5xx,
-        "transport_errors": tally.transport_errors + warm.transport_errors,
+        "transport_errors": tally.transport_errors + warm.transport_errors + touched.transport_errors,
+        "warmup_errors_5xx": sum(n for status, n in (touched.statuses + warm.statuses).items() if status >= 500),
         "items_expected": expected,
         "items_written": written,
         "latency_ms": {
@@ -291,10 +362,20 @@ def run_soak(
             "p99": round(percentile(tally.latencies_ms, 99), 1),
             "max": round(max(tally.latencies_ms, default=float("nan")), 1),
         },
+        "rss_ready_mb": round(rss_ready / 2**20, 1),
         "rss_start_mb": round(rss_start / 2**20, 1),
         "rss_end_mb": round(rss_end / 2**20, 1),
+        "rss_drained_mb": round(rss_drained / 2**20, 1),
         "rss_growth_pct": round(100.0 * (rss_end - rss_start) / rss_start, 1) if rss_start else None,
+        # Growth over the second half of the measured window only: a leak keeps growing there.
+        "rss_second_half_growth_pct": (
+            round(100.0 * (half[-1] - half[0]) / half[0], 1) if len(half) >= 2 and half[0] else None
+        ),
+        "rss_samples_mb": samples,
+        "users_touched": touched.ok_chats,
         "warmup_s": warmup,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
         "server_log": str(server.log),
     }
 
@@ -313,8 +394,10 @@ def report(result: dict[str, Any]) -> None:
         ("transport errors", str(result["transport_errors"]), "0"),
         ("items written / expected", f"{result['items_written']} / {result['items_expected']}", "equal"),
         ("latency p50 / p95 / p99 (ms)", "{p50} / {p95} / {p99}".format(**result["latency_ms"]), ""),
-        ("server RSS start -> end (MB)", f"{result['rss_start_mb']} -> {result['rss_end_mb']}", ""),
-        ("RSS growth", f"{result['rss_growth_pct']}%", "< 10%"),
+        ("server RSS ready / warm -> end (MB)", f"{result['rss_ready_mb']} / {result['rss_start_mb']} -> {result['rss_end_mb']}", ""),
+        ("RSS growth warm -> end", f"{result['rss_growth_pct']}%", "< 10%"),
+        ("RSS growth, second half", f"{result['rss_second_half_growth_pct']}%", ""),
+        ("load average before -> after", f"{result['loadavg_before'][0]} -> {result['loadavg_after'][0]}", ""),
     ]
     for row in rows:
         table.add_row(*row)
@@ -326,7 +409,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of measured load (default 600)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--users", type=int, default=500, help="distinct end users the load spreads over")
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load before RSS is sampled")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load after every user was touched, before RSS is taken")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args()
     print(f"soak: concurrency {args.concurrency} for {args.duration:g}s after {args.warmup:g}s warm-up ...", flush=True)
