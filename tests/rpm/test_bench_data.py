@@ -28,3 +28,16 @@ def test_parse_rating_prefers_the_answer_after_the_reasoning() -> None:
     assert parse_rating("<reasoning>5 stars for comedy, 1 for horror</reasoning>\nRating: 2") == 2
     assert parse_rating("I would give it 4 out of 5.") == 4
     assert parse_rating("no idea") is None
+
+
+def test_parse_rating_ignores_list_numbers_scales_and_cut_reasoning() -> None:
+    # Replies SmolLM2-135M actually gave: a list marker before the rating, a rating echoed from examples.
+    assert parse_rating("1. 5\nThe movie is rated as a 5 out of 10 based on the overall rating system.") == 5
+    assert parse_rating("This person answered: 2") == 2
+    assert parse_rating("Rating: 4/5") == 4
+    assert parse_rating("I'd rate it a 2 on the 1-5 scale.") == 2
+    # Free-running reasoning cut by max_tokens: its numbers (list items, averages) are not a rating.
+    assert parse_rating("To determine how to rate this movie:\n1. Title: x\n2. average response 3.5") is None
+    assert parse_rating("<reasoning>genre drama averages 5, so") is None
+    assert parse_rating("From 1 to 5, hard to say.") is None
+    assert parse_rating("Released in 2017, a 10 minute film.") is None
