@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bench.vas_data import HELD_OUT, TRAIN, RowCache, summarize
+from bench.vas_cost import cost_section
+from bench.vas_data import HELD_OUT, REWARD_OPTIONS, TRAIN, RowCache, reward_fn, summarize
 from bench.vas_report import plot, print_tables
-from reasoning.vas.backends import TorchBackend, ValueBackend, VLLMBackend
+from reasoning.vas.backends import TorchBackend, ValueBackend
 from reasoning.vas.base_lm import BaseLM, CompletionsLM, TokenChoice, httpx_post
 from reasoning.vas.decoding import ComposedValue, DecodeParams, decode
-from reasoning.vas.rewards import load_reward
 from reasoning.vas.training import Sample, TrainConfig, collect_samples, read_samples, train_value_model
 from reasoning.vas.value_model import default_backbone, render_prompt
 
@@ -39,12 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 REWARDS = ["conciseness", "readability", "sentiment", "formality"]
-REWARD_OPTIONS: dict[str, dict[str, Any]] = {"conciseness": {"target_words": 8}}
 SECTIONS = ["train", "sweep", "budget", "tokenizer", "cost"]
 
-
-def reward_fn(name: str) -> Any:
-    return load_reward(name, **REWARD_OPTIONS.get(name, {}))
 
 
 class Recorder:
@@ -81,8 +76,9 @@ class Bench:
     def params(self, **kw: Any) -> DecodeParams:
         return DecodeParams(top_k=self.args.top_k, max_tokens=self.args.max_tokens, **kw)
 
-    async def answer(self, backend: ValueBackend | None, prompt: str, params: DecodeParams,
-                     record: bool = False) -> dict[str, Any]:
+    async def answer(
+        self, backend: ValueBackend | None, prompt: str, params: DecodeParams, record: bool = False
+    ) -> dict[str, Any]:
         messages = [{"role": "user", "content": prompt}]
         value = None
         if backend is not None and params.beta > 0:
@@ -90,17 +86,29 @@ class Bench:
         base: Any = Recorder(self.base) if record else self.base
         started = time.perf_counter()
         res = await decode(base, messages, value, params)
-        row = {"prompt": prompt, "text": res.text, "wall_s": time.perf_counter() - started,
-               **res.details(params.mode, params.beta)}
+        row = {
+            "prompt": prompt,
+            "text": res.text,
+            "wall_s": time.perf_counter() - started,
+            **res.details(params.mode, params.beta),
+        }
         if record:
             row["trace"] = base.steps
         return row
 
-    async def rows(self, key: str, backend: ValueBackend | None, params: DecodeParams, prompts: list[str],
-                   record: bool = False) -> list[dict[str, Any]]:
+    async def rows(
+        self,
+        key: str,
+        backend: ValueBackend | None,
+        params: DecodeParams,
+        prompts: list[str],
+        record: bool = False,
+    ) -> list[dict[str, Any]]:
         """Answers for `prompts` (seed = prompt index), resumed from the cache."""
         done = self.cache.get(key)
-        for i in tqdm(range(len(done), len(prompts)), desc=key, unit="answer", initial=len(done), total=len(prompts)):
+        for i in tqdm(
+            range(len(done), len(prompts)), desc=key, unit="answer", initial=len(done), total=len(prompts)
+        ):
             done.append(await self.answer(backend, prompts[i], params.model_copy(update={"seed": i}), record))
             self.cache.save()
         return done[: len(prompts)]
@@ -110,23 +118,42 @@ class Bench:
         run = Path(self.args.work)
         samples = read_samples(run / "samples.jsonl")
         if len({s.prompt for s in samples}) < len(TRAIN[: self.args.train_prompts]):
-            samples = await collect_samples(TRAIN[: self.args.train_prompts], self.base, reward_fn("sentiment"),
-                                            run / "samples.jsonl", self.args.per_prompt, self.args.max_tokens, seed=0)
+            samples = await collect_samples(
+                TRAIN[: self.args.train_prompts],
+                self.base,
+                reward_fn("sentiment"),
+                run / "samples.jsonl",
+                self.args.per_prompt,
+                self.args.max_tokens,
+                seed=0,
+            )
         config = TrainConfig(epochs=self.args.epochs, lr=3e-3, batch_size=8, trainable="head", seed=0)
         for name in tqdm(REWARDS, desc="training value heads", unit="model"):
             out = run / "models" / name
             if not (out / "model" / "config.json").is_file():
                 reward = reward_fn(name)
                 rescored = [Sample(s.prompt, s.response, reward.score(s.prompt, s.response)) for s in samples]
-                res = await asyncio.to_thread(train_value_model, rescored, backbone, out, config,
-                                              {"reward": name, **REWARD_OPTIONS.get(name, {})}, False)
+                res = await asyncio.to_thread(
+                    train_value_model,
+                    rescored,
+                    backbone,
+                    out,
+                    config,
+                    {"reward": name, **REWARD_OPTIONS.get(name, {})},
+                    False,
+                )
                 assert res.export_dir is not None
             self.paths[name] = out / "model"
             self.backends[name] = TorchBackend(out / "model", name, threads=1)
-        self.train_info = {"train_prompts": len({s.prompt for s in samples}), "train_samples": len(samples),
-                           "epochs": self.args.epochs,
-                           "epoch_losses": {n: json.loads((p / "rapport_value.json").read_text())["epoch_losses"]
-                                            for n, p in self.paths.items()}}
+        self.train_info = {
+            "train_prompts": len({s.prompt for s in samples}),
+            "train_samples": len(samples),
+            "epochs": self.args.epochs,
+            "epoch_losses": {
+                n: json.loads((p / "rapport_value.json").read_text())["epoch_losses"]
+                for n, p in self.paths.items()
+            },
+        }
 
     # -- reward vs beta (token level) ---------------------------------------------------------------------------
     async def sweep(self) -> list[dict[str, Any]]:
@@ -138,8 +165,13 @@ class Bench:
             out.append({"reward": name, "beta": 0.0, **summarize(base_scores, plain)})
             for beta in [b for b in self.args.betas if b > 0]:
                 record = name == self.args.trace_reward and beta == self.args.budget_beta
-                answers = await self.rows(f"token:{name}:b{beta:g}", self.backends[name], self.params(beta=beta),
-                                          self.prompts, record)
+                answers = await self.rows(
+                    f"token:{name}:b{beta:g}",
+                    self.backends[name],
+                    self.params(beta=beta),
+                    self.prompts,
+                    record,
+                )
                 scores = [reward.score(a["prompt"], a["text"]) for a in answers]
                 out.append({"reward": name, "beta": beta, **summarize(scores, answers, base_scores)})
         return out
@@ -148,18 +180,27 @@ class Bench:
     async def pool(self, n: int) -> list[dict[str, Any]]:
         """N whole sampled answers per prompt with best_of_n's seeds: Best-of-n for n <= N selects from it."""
         done = self.cache.get(f"pool:{n}")
-        for i in tqdm(range(len(done), len(self.prompts)), desc=f"pool of {n}", initial=len(done),
-                      total=len(self.prompts)):
+        prompts = self.prompts[: self.args.budget_prompts]
+        for i in tqdm(range(len(done), len(prompts)), desc=f"pool of {n}", initial=len(done), total=len(prompts)):
             rng, messages = random.Random(i), [{"role": "user", "content": self.prompts[i]}]
             c0, t0 = self.base.stats.calls, self.base.stats.tokens
             started = time.perf_counter()
-            blocks = [await self.base.sample(messages, "", self.args.max_tokens, 1.0, 1.0, rng.randrange(2**31))
-                      for _ in range(n)]
-            done.append({"prompt": self.prompts[i], "texts": [b.text for b in blocks],
-                         "tokens": [b.tokens for b in blocks], "wall_s": time.perf_counter() - started,
-                         "calls": self.base.stats.calls - c0, "base_tokens": self.base.stats.tokens - t0})
+            blocks = [
+                await self.base.sample(messages, "", self.args.max_tokens, 1.0, 1.0, rng.randrange(2**31))
+                for _ in range(n)
+            ]
+            done.append(
+                {
+                    "prompt": self.prompts[i],
+                    "texts": [b.text for b in blocks],
+                    "tokens": [b.tokens for b in blocks],
+                    "wall_s": time.perf_counter() - started,
+                    "calls": self.base.stats.calls - c0,
+                    "base_tokens": self.base.stats.tokens - t0,
+                }
+            )
             self.cache.save()
-        return done[: len(self.prompts)]
+        return done[: len(prompts)]
 
     async def best_of(self, name: str, pool: list[dict[str, Any]], n: int, oracle: bool) -> dict[str, Any]:
         reward, backend = reward_fn(name), self.backends[name]
@@ -174,10 +215,17 @@ class Bench:
                 vals = await backend.session().score(render_prompt(self.tok, messages), texts)
             pick = max(range(n), key=lambda j: vals[j])
             scores.append(reward.score(item["prompt"], texts[pick]))
-            answers.append({"text": texts[pick], "base_tokens": sum(item["tokens"][:n]), "upstream_calls": n,
-                            "value_calls": 0 if oracle else 1, "steps": 1,
-                            "value_ms": 0.0 if oracle else (time.perf_counter() - started) * 1000,
-                            "wall_s": item["wall_s"] * n / len(item["texts"]) + time.perf_counter() - started})
+            answers.append(
+                {
+                    "text": texts[pick],
+                    "base_tokens": sum(item["tokens"][:n]),
+                    "upstream_calls": n,
+                    "value_calls": 0 if oracle else 1,
+                    "steps": 1,
+                    "value_ms": 0.0 if oracle else (time.perf_counter() - started) * 1000,
+                    "wall_s": item["wall_s"] * n / len(item["texts"]) + time.perf_counter() - started,
+                }
+            )
         return {"scores": scores, "answers": answers}
 
     async def budget(self) -> list[dict[str, Any]]:
@@ -187,104 +235,58 @@ class Bench:
         for name in REWARDS:
             reward = reward_fn(name)
             first = [reward.score(it["prompt"], it["texts"][0]) for it in pool]
-            one = [{"text": it["texts"][0], "base_tokens": it["tokens"][0], "upstream_calls": 1, "steps": 1,
-                    "wall_s": it["wall_s"] / len(it["texts"])} for it in pool]
+            one = [
+                {
+                    "text": it["texts"][0],
+                    "base_tokens": it["tokens"][0],
+                    "upstream_calls": 1,
+                    "steps": 1,
+                    "wall_s": it["wall_s"] / len(it["texts"]),
+                }
+                for it in pool
+            ]
             out.append({"reward": name, "method": "sample (best-of-1)", "k": 1, **summarize(first, one)})
             for k in self.args.budget_k:
                 bo = await self.best_of(name, pool, k, oracle=False)
-                out.append({"reward": name, "method": f"best-of-{k}", "k": k, **summarize(bo["scores"], bo["answers"], first)})
-                params = self.params(mode="block", beta=1.0, block_candidates=k, block_tokens=self.args.block_tokens,
-                                     block_select="argmax")
-                answers = await self.rows(f"block:{name}:K{k}", self.backends[name], params, self.prompts)
+                out.append(
+                    {
+                        "reward": name,
+                        "method": f"best-of-{k}",
+                        "k": k,
+                        **summarize(bo["scores"], bo["answers"], first),
+                    }
+                )
+                if k not in self.args.block_k:
+                    continue
+                params = self.params(
+                    mode="block",
+                    beta=1.0,
+                    block_candidates=k,
+                    block_tokens=self.args.block_tokens,
+                    block_select="argmax",
+                )
+                answers = await self.rows(f"block:{name}:K{k}", self.backends[name], params, self.prompts[: self.args.budget_prompts])
                 scores = [reward.score(a["prompt"], a["text"]) for a in answers]
-                out.append({"reward": name, "method": f"block VAS K={k} M={self.args.block_tokens}", "k": k,
-                            **summarize(scores, answers, first)})
+                out.append(
+                    {
+                        "reward": name,
+                        "method": f"block VAS K={k} M={self.args.block_tokens}",
+                        "k": k,
+                        **summarize(scores, answers, first),
+                    }
+                )
             orc = await self.best_of(name, pool, kmax, oracle=True)
-            out.append({"reward": name, "method": f"best-of-{kmax}, true reward (oracle)", "k": kmax,
-                        **summarize(orc["scores"], orc["answers"], first)})
+            out.append(
+                {
+                    "reward": name,
+                    "method": f"best-of-{kmax}, true reward (oracle)",
+                    "k": kmax,
+                    **summarize(orc["scores"], orc["answers"], first),
+                }
+            )
         return out
 
     # -- cost per answer, both value backends (same value model) -------------------------------------------------
-    async def cost(self) -> dict[str, Any]:
-        name, tag = self.args.trace_reward, self.args.tag
-        prompts = self.prompts[: self.args.cost_prompts]
-        k = max(self.args.budget_k)
-        configs = [
-            ("plain (beta=0)", self.params(beta=0.0)),
-            (f"token VAS beta={self.args.budget_beta:g}", self.params(beta=self.args.budget_beta)),
-            (f"block VAS K={k} M={self.args.block_tokens}",
-             self.params(mode="block", beta=1.0, block_candidates=k, block_tokens=self.args.block_tokens,
-                         block_select="argmax")),
-            (f"best-of-{k}", self.params(mode="best_of_n", beta=1.0, best_of=k)),
-        ]
-        reward = reward_fn(name)
-        rows = []
-        self.mark_load(f"cost:{tag}:start")
-        for label, params in configs:
-            answers = await self.rows(f"cost:{tag}:torch:{label}", self.backends[name], params, prompts)
-            rows.append({"label": label, "backend": "torch" if params.beta > 0 else "-", **summarize(
-                [reward.score(a["prompt"], a["text"]) for a in answers], answers)})
-        agreement: dict[str, Any] = {}
-        if self.args.vllm and VLLM_PYTHON.exists():
-            todo = [(label, p) for label, p in configs[1:3] if len(self.cache.get(f"cost:{tag}:vllm:{label}")) < len(prompts)]
-            proc, url, started = (None, "", time.perf_counter())
-            if todo or "vllm_agreement" not in self.cache.rows:
-                proc, url = start_vllm(self.paths[name], Path(self.args.work) / "vllm.log")
-                agreement_startup = time.perf_counter() - started
-            try:
-                vb = VLLMBackend(url or "http://127.0.0.1:1", "value", timeout=120)
-                if proc is not None:
-                    texts = [render_prompt(self.tok, [{"role": "user", "content": p}]) + a["text"]
-                             for p, a in zip(prompts, self.cache.get(f"cost:{tag}:torch:{configs[1][0]}"), strict=False)]
-                    got = await vb.score_texts(texts)
-                    want = self.backends[name].score_texts(texts)
-                    self.cache.rows["vllm_agreement"] = [{"max_abs_diff": max(abs(a - b) for a, b in zip(got, want, strict=True)),
-                                                          "texts": len(texts), "startup_s": agreement_startup}]
-                    self.cache.save()
-                for label, params in configs[1:3]:
-                    answers = await self.rows(f"cost:{tag}:vllm:{label}", vb, params, prompts)
-                    rows.append({"label": label, "backend": "vLLM (CPU)", **summarize(
-                        [reward.score(a["prompt"], a["text"]) for a in answers], answers)})
-                await vb.close()
-            finally:
-                if proc is not None:
-                    proc.terminate()
-                    proc.wait(timeout=60)
-            agreement = self.cache.rows.get("vllm_agreement", [{}])[0]
-        self.mark_load(f"cost:{tag}:end")
-        return {"reward": name, "prompts": len(prompts), "rows": rows, "vllm_vs_torch": agreement}
-
-
-def start_vllm(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
-    from tests.support.servers import free_port
-
-    port = free_port()
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--served-model-name", "value", "--runner", "pooling", "--convert", "classify",
-           "--pooler-config", '{"use_activation": false}', "--dtype", "float32", "--max-model-len", "1024",
-           "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 900
-    with tqdm(desc="starting vLLM CPU server", unit="s") as bar:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}: see {log}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise RuntimeError(f"vLLM did not become healthy: see {log}")
-            time.sleep(1)  # polling a server's start-up
-            bar.update(1)
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -295,8 +297,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(str(backbone))
     post, client = httpx_post(args.base_url)
     # Sampling calls use the same top-k nucleus as token-level VAS at beta 0, so all rows share a base policy.
-    base = CompletionsLM(post, lambda m: render_prompt(tok, m), model="smollm2",
-                         extra={"top_k": args.top_k, "min_p": 0.0, "top_p": 1.0, "repeat_penalty": 1.0})
+    base = CompletionsLM(
+        post,
+        lambda m: render_prompt(tok, m),
+        model="smollm2",
+        extra={"top_k": args.top_k, "min_p": 0.0, "top_p": 1.0, "repeat_penalty": 1.0},
+    )
     cache = RowCache(run / "rows.json")
     bench = Bench(args, base, tok, cache)
     # Sections not run now keep their earlier results (e.g. a quiet cost-only run beside a shared full one).
@@ -304,8 +310,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     old = json.loads((out / "vas.json").read_text()) if (out / "vas.json").is_file() else {}
     results: dict[str, Any] = old if "configs" in old else {}
     results.setdefault("configs", {})[args.tag] = {
-        **{k: v for k, v in vars(args).items() if k not in {"work", "base_url", "out"}}, "machine": platform.machine(),
-        "cpus": os.cpu_count(), "torch_threads": 1, "base": "SmolLM2-135M-Instruct Q4_1 (llama.cpp)"}
+        **{k: v for k, v in vars(args).items() if k not in {"work", "base_url", "out"}},
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": 1,
+        "base": "SmolLM2-135M-Instruct Q4_1 (llama.cpp)",
+    }
     results.setdefault("load", {})
     try:
         bench.mark_load("start")
@@ -320,11 +330,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if "tokenizer" in args.sections:
             bench.mark_load("tokenizer:start")
             key = f"token:{args.trace_reward}:b{args.budget_beta:g}"
-            results["tokenizer"] = await asyncio.to_thread(
-                tokenizer_section, cache, key, bench.paths[args.trace_reward], tok, args.budget_beta, args.tok_prompts,
-                run)
+            done = cache.get("tokenizer_result")
+            if not done or done[0].get("answers") != args.tok_prompts:
+                cache.rows["tokenizer_result"] = [
+                    await asyncio.to_thread(tokenizer_section, cache, key, bench.paths[args.trace_reward], tok,
+                                            args.budget_beta, args.tok_prompts, run)
+                ]
+                cache.save()
+            results["tokenizer"] = cache.get("tokenizer_result")[0]
         if "cost" in args.sections:
-            results.setdefault("cost", {})[args.tag] = await bench.cost()
+            results.setdefault("cost", {})[args.tag] = await cost_section(bench)
         bench.mark_load("end")
     finally:
         await client.aclose()
@@ -333,7 +348,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--work", default=str(ROOT / ".rapport" / "bench-vas"))
     parser.add_argument("--out", default=str(RESULTS), help="folder for vas.json and vas.png")
@@ -348,11 +365,16 @@ def main() -> None:
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 3.0, 8.0])
     parser.add_argument("--budget-beta", type=float, default=8.0)
     parser.add_argument("--budget-k", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--block-k", type=int, nargs="+", default=[4], help="block VAS candidates K to run")
+    parser.add_argument("--budget-prompts", type=int, default=16, help="held-out prompts for the budget section")
     parser.add_argument("--block-tokens", type=int, default=8)
     parser.add_argument("--trace-reward", default="sentiment")
     parser.add_argument("--tok-prompts", type=int, default=8)
     parser.add_argument("--cost-prompts", type=int, default=6)
     parser.add_argument("--no-vllm", dest="vllm", action="store_false")
+    # One llama.cpp thread: its threads spin-wait, and two-thread servers side by side on 2 shared cores
+    # slow each other down several-fold; VAS alternates upstream and value-model work anyway.
+    parser.add_argument("--llama-threads", type=int, default=1)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -365,7 +387,9 @@ def main() -> None:
         port = free_port()
         gguf = packaged_gguf()
         assert gguf is not None
-        proc = start_llama_server(gguf, port=port, n_ctx=4096, n_threads=2, log_file=Path(args.work) / "llama.log")
+        proc = start_llama_server(
+            gguf, port=port, n_ctx=4096, n_threads=args.llama_threads, log_file=Path(args.work) / "llama.log"
+        )
         args.base_url = f"http://127.0.0.1:{port}/v1"
     started = time.perf_counter()
     try:

@@ -9,6 +9,15 @@ from typing import Any
 
 from scipy.stats import wilcoxon
 
+from reasoning.vas.rewards import Reward, load_reward
+from reasoning.vas.rewards.lexical import words
+
+REWARD_OPTIONS: dict[str, dict[str, Any]] = {"conciseness": {"target_words": 8}}
+
+
+def reward_fn(name: str) -> Reward:
+    return load_reward(name, **REWARD_OPTIONS.get(name, {}))
+
 # Value models learn from base-model samples of these prompts only.
 TRAIN = [
     "Write one sentence about a sunny holiday at the beach.", "Explain what a noun is.",
@@ -91,5 +100,7 @@ def summarize(scores: list[float], answers: list[dict[str, Any]], baseline: list
                   "value_tokens_run", "value_tokens_rerun", "steps"):
         vals = [float(a.get(field, 0.0)) for a in answers]
         out[field] = statistics.fmean(vals) if vals else 0.0
-    out["examples"] = [a["text"] for a in answers[:2]]
+    # Lexical rewards can be gamed (e.g. fewer, longer "words" for conciseness): keep what the text looks like.
+    out["mean_words"] = statistics.fmean(len(words(a["text"])) for a in answers) if answers else 0.0
+    out["examples"] = [a["text"] for a in answers[:3]]
     return out

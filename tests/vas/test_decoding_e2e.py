@@ -109,3 +109,8 @@ async def test_value_scores_with_cache_equal_full_recompute(trained: Trained) ->
         prefix += cands[step % 3]
     # "Hello" + "n't" re-tokenizes across the boundary: the cache is cropped and re-run, still exact.
     assert session.stats.calls == 4 and session.stats.tokens_run > 0
+    # Ids passed through (a base sharing the value tokenizer) score the same as the text they spell.
+    texts = [prefix + c for c in (" there", "!", "")]
+    ids = [backend.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    by_ids = await asyncio.to_thread(backend.session().score_ids, ids)
+    assert by_ids == pytest.approx(await asyncio.to_thread(backend.score_texts, texts), abs=1e-4)
