@@ -259,6 +259,11 @@ async def one(
     [job_id] = await service.request_summaries("prefeval", user)
     job = await jobs.wait(job_id, within=900)
     seconds = time.perf_counter() - started
+    if job is None or job.status != "succeeded":
+        # A dead utility LLM must not read as "the summary missed it": stop; --resume continues from here.
+        raise RuntimeError(
+            f"summary job {job_id} {job.status if job else 'gone'}: {job.error if job else ''}"
+        )
     _, aug = await service.compose("prefeval", user, messages, MemoryOptions(k=args.k))
     summary = aug.summary.text if aug.summary else ""
     # Was the preference among what the summarizer was shown at all? (If not, no summarizer can carry it.)
@@ -278,6 +283,15 @@ async def one(
     return row
 
 
+async def apply_judge(
+    embedder: Embedder, rows: list[dict[str, Any]], prefs: dict[tuple[str, int], str], threshold: float
+) -> None:
+    for row in rows:
+        if aug := row.get("augmented"):
+            v = await judge_summary(embedder, prefs[(row["topic"], row["index"])], aug["summary"], threshold)
+            aug.update(summary_fields(aug["item_hit"], v))
+
+
 async def rejudge(args: argparse.Namespace) -> None:
     """Apply the current judge to the saved summaries and rewrite the JSON and the plot (SmolLM2 not needed)."""
     path = RESULTS / "prefeval_recall.json"
@@ -285,12 +299,7 @@ async def rejudge(args: argparse.Namespace) -> None:
     prefs = {(r["topic"], r["index"]): r["preference"] for r in explicit_preferences()}
     embedder = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
     try:
-        for row in out["rows"]:
-            aug = row.get("augmented")
-            if not aug:
-                continue
-            v = await judge_summary(embedder, prefs[(row["topic"], row["index"])], aug["summary"], args.judge)
-            aug.update(summary_fields(aug["item_hit"], v))
+        await apply_judge(embedder, out["rows"], prefs, args.judge)
         used = {(r["topic"], r["index"]) for r in out["rows"]}
         out["judge_null"] = await judge_null(
             embedder, out["rows"], {key: prefs[key] for key in used}, args.judge
@@ -375,11 +384,14 @@ async def main() -> None:
     await jobs.start()
     started = time.perf_counter()
     summary_seconds = sum(r.get("augmented", {}).get("summary_seconds", 0.0) for r in rows)
-    summarized_questions = 0
+    # Resumed rows count: a question is summarized once any of its rows has the summary arm.
+    summarized_questions = len({(r["topic"], r["index"]) for r in rows if "augmented" in r})
     summary_limit = args.summary_questions or len(records)
     stopped_by_budget = False
     try:
         for i, rec in enumerate(tqdm(records, desc="questions")):
+            if all((rec["topic"], rec["index"], n) in done for n in turns):
+                continue
             with_summary = llm is not None and summarized_questions < summary_limit
             if with_summary and args.summary_budget_min and summarized_questions:
                 per_question = summary_seconds / summarized_questions
@@ -398,9 +410,9 @@ async def main() -> None:
                 PARTIAL.write_text(json.dumps(rows, indent=1))
             if with_summary:
                 summarized_questions += 1
-        null_judge = await judge_null(
-            embedder, rows, {(r["topic"], r["index"]): r["preference"] for r in records}, args.judge
-        )
+        prefs = {(r["topic"], r["index"]): r["preference"] for r in records}
+        await apply_judge(embedder, rows, prefs, args.judge)  # resumed rows get the current judge too
+        null_judge = await judge_null(embedder, rows, prefs, args.judge)
     finally:
         await jobs.close()
         service.close()
