@@ -94,7 +94,8 @@ class FakeUpstreamProcess:
             self.process.kill()
 
 
-def write_config(data_dir: Path, upstream: str, memory: dict[str, Any] | None = None) -> Path:
+def write_config(data_dir: Path, upstream: str, memory: dict[str, Any] | None = None, **sections: Any) -> Path:
+    """A YAML config for `rapport serve`; `sections` add top-level settings (e.g. `rpm={...}`)."""
     import yaml
 
     config = {
@@ -106,6 +107,7 @@ def write_config(data_dir: Path, upstream: str, memory: dict[str, Any] | None = 
         "auth": {"admin_key": ADMIN_KEY, "static_keys": [{"key": API_KEY, "tenant": "soak"}]},
         "memory": {"summary_every": 25, **(memory or {})},
         "server": {"log_level": "warning"},
+        **sections,
     }
     path = data_dir.parent / f"{data_dir.name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -116,3 +116,128 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(tmp_path: Path, upstr
             assert chat.status_code == 200
     finally:
         restarted.stop()
+
+
+RPM_USERS = [f"rpm-crash-{i}" for i in range(6)]
+CUISINES = ["thai", "sushi", "pizza", "tacos", "ramen", "curry", "falafel"]
+BUDGETS = ["cheap", "moderate", "pricey"]
+
+
+def _history(user: str, batch: int) -> list[dict[str, str]]:
+    """Labelled history whose explicit `name: value` pairs give the cheap extractor stable features."""
+    return [
+        {
+            "input": f"cuisine: {CUISINES[(batch * 5 + j) % 7]}; budget: {BUDGETS[j % 3]}. Rate {user} visit {batch}.{j}",
+            "response": str(1 + (batch + j) % 5),
+        }
+        for j in range(5)
+    ]
+
+
+def _rpm_state(client: httpx.Client, url: str, user: str) -> dict[str, object]:
+    base = f"{url}/admin/users/{user}"
+    params = {"tenant": "soak"}
+    history = client.get(f"{base}/rpm/history", params={**params, "limit": 1000}).json()["data"]
+    features = client.get(f"{base}/rpm/features", params=params).json()["data"]
+    paths = client.get(f"{base}/rpm/paths", params=params).json()["data"]
+    factors = client.get(f"{base}/rpm/factors", params=params).json()["data"]
+    return {
+        "inputs": collections.Counter(entry["input"] for entry in history),
+        "statuses": collections.Counter(entry["status"] for entry in history),
+        "features": sorted((f["entry_id"], f["name"], f["value"]) for f in features),
+        "paths": sorted(p["entry_id"] for p in paths),
+        "factors": sorted(f["name"] for f in factors),
+    }
+
+
+def _wait_jobs_done(client: httpx.Client, url: str, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts: dict[str, int] = client.get(f"{url}/admin/jobs", params={"limit": 1}).json()["counts"]
+        if not counts.get("pending") and not counts.get("running"):
+            return counts
+        assert time.monotonic() < deadline, f"jobs stuck after restart: {counts}"
+        time.sleep(0.5)
+
+
+def test_kill_9_during_rpm_builds_resumes_them_without_duplicates(tmp_path: Path, upstream) -> None:
+    """History imports (each queues a build; pending builds of one user collapse into one) come while
+    builds run; kill -9 with builds done, queued and one running. After restart the queued builds run to the end, every acknowledged import is there once,
+    and each user's features, factors and paths equal what a clean rebuild of the same history gives."""
+    config = write_config(tmp_path / "data", upstream.base_url, rpm={"construction_mode": "cheap"})
+    server = RapportProcess(config, tmp_path / "server.log").start()
+    acked: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def importer(worker: int) -> None:
+        batch = 0
+        with httpx.Client(timeout=30, headers=ADMIN) as client:
+            # Bounded (at most 3 x 8 x 5 entries): the resumed builds and the clean rebuild stay short.
+            while not stop.is_set() and batch < 8:
+                batch += 1
+                user = RPM_USERS[(worker + batch) % len(RPM_USERS)]
+                items = _history(user, batch * 10 + worker)
+                try:
+                    response = client.post(
+                        f"{server.url}/admin/users/{user}/history", params={"tenant": "soak"},
+                        json={"items": items, "build": True},
+                    )  # fmt: skip
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if response.status_code == 201:
+                    acked.extend((user, item["input"]) for item in items)
+
+    threads = [threading.Thread(target=importer, args=(w,)) for w in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        # Kill once builds have both finished and piled up: some done, several queued, one running.
+        deadline = time.monotonic() + 180
+        with httpx.Client(timeout=30, headers=ADMIN) as client:
+            while True:
+                counts = client.get(f"{server.url}/admin/jobs", params={"limit": 1}).json()["counts"]
+                if counts.get("succeeded", 0) >= 1 and counts.get("pending", 0) >= 2 and counts.get("running"):
+                    break
+                assert time.monotonic() < deadline, f"builds never piled up: {counts}"
+                time.sleep(0.05)
+        server.kill()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        server.kill()
+    acknowledged = list(acked)
+    assert acknowledged
+
+    restarted = RapportProcess(config, tmp_path / "server.log").start()
+    try:
+        with httpx.Client(timeout=60, headers=ADMIN) as client:
+            counts = _wait_jobs_done(client, restarted.url, timeout=300)
+            assert not counts.get("failed"), counts
+            resumed = {user: _rpm_state(client, restarted.url, user) for user in RPM_USERS}
+            for user, state in resumed.items():
+                expected = collections.Counter(text for owner, text in acknowledged if owner == user)
+                inputs = state["inputs"]
+                assert isinstance(inputs, collections.Counter)
+                missing = [text for text in expected if inputs[text] == 0]
+                assert not missing, f"{user}: acknowledged history lost: {missing[:3]}"
+                duplicated = [text for text, n in inputs.items() if n > 1]
+                assert not duplicated, f"{user}: history duplicated: {duplicated[:3]}"
+                # Every entry was built to the end: none left pending or half-built.
+                assert set(state["statuses"]) <= {"done", "skipped"}, (user, state["statuses"])  # type: ignore[call-overload]
+            # A clean build of the same history, from scratch, for every user.
+            for user in RPM_USERS:
+                response = client.post(
+                    f"{restarted.url}/admin/users/{user}/rpm/rebuild", params={"tenant": "soak"}, json={"full": True}
+                )
+                assert response.status_code == 202, response.text
+            _wait_jobs_done(client, restarted.url, timeout=300)
+            for user in RPM_USERS:
+                clean = _rpm_state(client, restarted.url, user)
+                got = resumed[user]
+                assert got["features"] == clean["features"], f"{user}: features differ from a clean build"
+                assert got["paths"] == clean["paths"], f"{user}: paths differ from a clean build"
+                assert got["factors"] == clean["factors"], f"{user}: factors differ from a clean build"
+                assert clean["features"], f"{user}: a clean build found no features (the test would prove nothing)"
+    finally:
+        restarted.stop()
