@@ -1,8 +1,11 @@
 """VAS bench: reward vs beta per shipped reward, VAS vs Best-of-N at equal base-token budget, cost per answer
 for both value backends, and what differing base/value tokenizers cost.
 
-    /work/cpu shared .venv/bin/python -m bench.vas            # everything (resumable: rerun to continue)
-    /work/cpu quiet  .venv/bin/python -m bench.vas --sections cost --tag quiet --cost-prompts 4
+    /work/cpu shared .venv/bin/python -m bench.vas        # everything, README numbers (resumable: rerun continues)
+    /work/cpu quiet  .venv/bin/python -m bench.vas --sections cost --tag quiet   # clean-machine timing rows
+
+The defaults are the README run (32 held-out prompts, 20 tokens, beta 0/3/8, budget on 16 prompts, block K=4,
+3 prompts for the tokenizer replay and the cost rows).
 
 Base: SmolLM2-135M-Instruct (Q4_1) on llama.cpp (started here unless --base-url). Value models: the SmolLM2-135M
 backbone with a head trained per reward on base-model samples of TRAIN prompts (head only, 2 CPU cores);
@@ -361,7 +364,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=len(HELD_OUT))
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--max-tokens", type=int, default=20)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 3.0, 8.0])
     parser.add_argument("--budget-beta", type=float, default=8.0)
     parser.add_argument("--budget-k", type=int, nargs="+", default=[2, 4])
@@ -369,8 +372,8 @@ def main() -> None:
     parser.add_argument("--budget-prompts", type=int, default=16, help="held-out prompts for the budget section")
     parser.add_argument("--block-tokens", type=int, default=8)
     parser.add_argument("--trace-reward", default="sentiment")
-    parser.add_argument("--tok-prompts", type=int, default=8)
-    parser.add_argument("--cost-prompts", type=int, default=6)
+    parser.add_argument("--tok-prompts", type=int, default=3)
+    parser.add_argument("--cost-prompts", type=int, default=3)
     parser.add_argument("--no-vllm", dest="vllm", action="store_false")
     # One llama.cpp thread: its threads spin-wait, and two-thread servers side by side on 2 shared cores
     # slow each other down several-fold; VAS alternates upstream and value-model work anyway.
