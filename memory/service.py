@@ -9,6 +9,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memory.catalog import Catalog, Summary, UserRecord
 from memory.compose import Composer, merge_system
 from memory.config import MemorySettings
-from memory.embedding import Embedder
+from memory.embedding import Embedder, Vectors
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
 from memory.llm import ChatLLM
@@ -27,6 +28,7 @@ from memory.redact import Redactor, regex_redactor
 from memory.retrieval import mmr, score
 from memory.store import ChromaStore, MemoryStore
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
+from memory.writer import IngestWriter
 
 log = logging.getLogger("rapport.memory")
 T = TypeVar("T")
@@ -124,6 +126,7 @@ class MemoryService:
         self.tasks = TaskRouter(settings, embedder)
         self.redactor = redactor if redactor is not None else (regex_redactor if settings.redact else None)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rapport-memory")
+        self.writer = IngestWriter(embedder.embed, self._commit, max_batch=settings.ingest_max_batch)
         self._closed = False
         if llm_factory is not None:
             jobs.register(SUMMARY_JOB, make_handler(self, llm_factory))  # type: ignore[arg-type]
@@ -146,7 +149,10 @@ class MemoryService:
         return self.redactor(text) if self.redactor else text
 
     async def ingest(self, items: list[MemoryItem]) -> list[str]:
-        """Embed and store items (durable when this returns); returns ids newly stored (not duplicates)."""
+        """Embed and store items (durable when this returns); returns ids newly stored (not duplicates).
+
+        Concurrent calls are coalesced into shared batches by the writer (see memory/writer.py).
+        """
         prepared: list[MemoryItem] = []
         for item in items:
             text = self._prepare(item.text)
@@ -157,15 +163,23 @@ class MemoryService:
                 prepared.append(item)
         if not prepared:
             return []
-        vectors = await self.embedder.embed([it.text for it in prepared])
-        stored = await self._io(self.store.add, prepared, vectors)
-        users = {(it.tenant, it.user) for it in prepared}
-        for tenant, user in users:
-            added = sum(1 for it in prepared if it.id in stored and it.tenant == tenant and it.user == user)
-            record = await self._io(self.catalog.touch, tenant, user, added)
-            if self.settings.summaries and record.since_summary >= self.settings.summary_every:
-                await self.request_summaries(tenant, user)
+        return await self.writer.submit(prepared)
+
+    async def _commit(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
+        stored, records = await self._io(self._commit_sync, items, vectors)
+        if self.settings.summaries:
+            for record in records:
+                if record.since_summary >= self.settings.summary_every:
+                    await self.request_summaries(record.tenant, record.user)
         return stored
+
+    def _commit_sync(self, items: list[MemoryItem], vectors: Vectors) -> tuple[list[str], list[UserRecord]]:
+        stored = self.store.add(items, vectors)
+        owner = {item.id: (item.tenant, item.user) for item in items}
+        added = Counter(owner[item_id] for item_id in stored)
+        users = dict.fromkeys((item.tenant, item.user) for item in items)
+        records = [self.catalog.touch(tenant, user, added.get((tenant, user), 0)) for tenant, user in users]
+        return stored, records
 
     async def record_exchange(
         self,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
-from memory.embedding import SentenceTransformerEmbedder
+from memory.embedding import make_embedder
 from memory.jobs import JobQueue
 from memory.service import MemoryOptions, MemoryService
 from proxy.entrypoints.common import loc_to_param
@@ -126,6 +126,7 @@ class MemoryPlugin:
     async def close(self) -> None:
         await self._services.jobs.close()
         if self.service is not None:
+            await self.service.writer.aclose()
             self.service.close()
         close = getattr(self._services.embedder, "close", None)
         if close is not None:
@@ -145,11 +146,13 @@ def build_shared(services: Services) -> None:
     """The embedder and job queue exist even with memory disabled: RPM reuses them."""
     settings = services.settings.memory
     if services.embedder is None:
-        services.embedder = SentenceTransformerEmbedder(
+        services.embedder = make_embedder(
             settings.embedding_model,
+            backend=settings.embedding_backend,
             batch_size=settings.embedding_batch_size,
             cache_size=settings.query_cache_size,
             threads=settings.embedding_threads,
+            cache_dir=settings.embedding_cache_dir,
         )
     if services.jobs is None:
         services.jobs = JobQueue(

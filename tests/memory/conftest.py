@@ -66,6 +66,7 @@ async def make_service(
     yield _make
     for service, jobs in made:
         await jobs.close()
+        await service.writer.aclose()
         service.close()
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from memory.embedding import SentenceTransformerEmbedder
+from memory.embedding import SentenceTransformerEmbedder, make_embedder
+from memory.onnx_embedding import OnnxEmbedder
 
 
 async def test_embeds_normalized_rows_with_semantic_order(embedder: SentenceTransformerEmbedder) -> None:
@@ -24,3 +27,36 @@ async def test_query_cache_hits_and_empty_batch(embedder: SentenceTransformerEmb
     assert embedder.cache_stats["hits"] >= before + 1
     empty = await embedder.embed([])
     assert empty.shape == (0, embedder.dim)
+
+
+async def test_onnx_backends_match_torch_and_cache_the_export(
+    embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    texts = [
+        "I am vegetarian and never eat fish",
+        "What should I cook for dinner tonight?",
+        "My flight to Lisbon leaves on Friday",
+        "Recommend a thriller novel",
+    ]
+    reference = await embedder.embed(texts)
+    for backend, floor in (("onnx", 0.9999), ("onnx-int8", 0.97)):
+        onnx = make_embedder(backend=backend, cache_dir=tmp_path)  # type: ignore[arg-type]
+        assert isinstance(onnx, OnnxEmbedder)
+        vectors = await onnx.embed(texts)
+        assert vectors.shape == reference.shape and vectors.dtype == np.float32
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        cosines = np.sum(vectors * reference, axis=1)
+        assert cosines.min() >= floor, (backend, cosines)
+        # Same nearest neighbour for every text as the torch model.
+        assert np.array_equal(
+            np.argsort(-(vectors @ vectors.T), axis=1)[:, 1], np.argsort(-(reference @ reference.T), axis=1)[:, 1]
+        )
+        assert onnx.onnx_path is not None and onnx.onnx_path.parent == tmp_path
+        exported_at = onnx.onnx_path.stat().st_mtime_ns
+        onnx.close()
+        again = make_embedder(backend=backend, cache_dir=tmp_path)  # type: ignore[arg-type]
+        assert np.allclose(await again.embed(texts), vectors, atol=1e-6)
+        assert isinstance(again, OnnxEmbedder) and again.onnx_path == onnx.onnx_path
+        assert again.onnx_path.stat().st_mtime_ns == exported_at  # loaded from the cache, not exported again
+        again.close()
+    assert len(list(tmp_path.glob("*.onnx"))) == 2 and not list(tmp_path.glob("*.tmp"))
