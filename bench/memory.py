@@ -1,9 +1,12 @@
 """Memory bench: ingest throughput, retrieval + composition latency at scale, and the collection layout.
 
-    .venv/bin/python bench/memory.py [--sizes 10000,100000] [--modes embedded,server] [--queries 200]
+    .venv/bin/python -m bench.memory [--sizes 10000,100000] [--modes embedded,server] [--queries 200]
+        [--backends torch,onnx-int8] [--ingest-concurrency 1,32]
 
 * Ingest: real PrefEval texts through `MemoryService.ingest` (embedding with the real all-MiniLM-L6-v2 +
-  durable Chroma write), batches of 32 items per user.
+  durable Chroma write), one turn of one user per call, 1 or 32 calls in flight (the writer coalesces
+  concurrent calls into shared batches), for each embedding backend; plus how close each faster backend's
+  vectors are to the torch model's.
 * Retrieval + composition: the bulk of each store (10k/100k/1M items across 1k users) is loaded with
   pre-computed random unit vectors (embedding 1M texts on 2 cores would take hours); the timed path is the
   real one: embed a fresh PrefEval question (cache miss), query the user's collection, rank (recency,
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from bench._common import RESULTS, ChromaServerProcess, explicit_preferences, percentiles
 from memory.config import MemorySettings
-from memory.embedding import SentenceTransformerEmbedder
+from memory.embedding import SentenceTransformerEmbedder, make_embedder
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
 from memory.service import MemoryOptions, MemoryService
@@ -55,15 +58,52 @@ def make_service(
     return MemoryService(settings, data_dir=root, embedder=embedder, jobs=JobQueue(root / "jobs.sqlite3"))
 
 
-async def bench_ingest(service: MemoryService, texts: list[str], users: int) -> dict[str, Any]:
-    batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]
-    started = time.perf_counter()
+async def bench_ingest(
+    service: MemoryService, texts: list[str], users: int, concurrency: int
+) -> dict[str, Any]:
+    """Chat-shaped ingest: each call stores one turn of one user, `concurrency` calls in flight at once."""
+    queue = list(enumerate(texts))
+    queue.reverse()
     stored = 0
-    for b, batch in enumerate(tqdm(batches, desc="ingest", leave=False)):
-        user = f"ingest-{b % users}"
-        stored += len(await service.ingest([MemoryItem("bench", user, t) for t in batch]))
+    progress = tqdm(total=len(texts), desc=f"ingest c={concurrency}", leave=False)
+
+    async def caller() -> None:
+        nonlocal stored
+        while queue:
+            i, text = queue.pop()
+            stored += len(await service.ingest([MemoryItem("bench", f"ingest-{i % users}", text)]))
+            progress.update(1)
+
+    batches_before = service.writer.batches
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return {"items": stored, "seconds": round(elapsed, 2), "items_per_s": round(stored / elapsed, 1)}
+    progress.close()
+    batches = service.writer.batches - batches_before
+    return {
+        "items": stored,
+        "seconds": round(elapsed, 2),
+        "items_per_s": round(stored / elapsed, 1),
+        "concurrency": concurrency,
+        "batches": batches,
+        "mean_batch": round(stored / max(batches, 1), 1),
+    }
+
+
+def embedding_agreement(reference: Any, other: Any, texts: list[str]) -> dict[str, float]:
+    """How far a faster backend's vectors are from the torch model's: cosine and nearest-neighbour overlap."""
+    a = reference.encode_sync(texts)
+    b = other.encode_sync(texts)
+    cos = np.sum(a * b, axis=1)
+    k = 5
+    top_a = np.argsort(-(a @ a.T), axis=1)[:, 1 : k + 1]
+    top_b = np.argsort(-(b @ b.T), axis=1)[:, 1 : k + 1]
+    overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_b, strict=True)])
+    return {
+        "mean_cos": round(float(cos.mean()), 4),
+        "min_cos": round(float(cos.min()), 4),
+        "top5_overlap": round(float(overlap), 3),
+    }
 
 
 def bulk_load(store: ChromaStore, total: int, users: int, seed: int = 0) -> float:
@@ -152,7 +192,9 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ingest-items", type=int, default=1500)
     parser.add_argument("--layout-items", type=int, default=20000)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--backends", default="torch,onnx-int8", help="embedding backends for the ingest runs")
+    parser.add_argument("--ingest-concurrency", default="1,32", help="concurrent ingest calls")
     parser.add_argument("--skip-layout", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -165,7 +207,13 @@ async def main() -> None:
     questions = [p["question"] for p in prefs]
     # Chat-turn-sized texts (PrefEval preferences and questions, ~100-200 characters each).
     texts = list(dict.fromkeys([p["preference"] for p in prefs] + questions))[: args.ingest_items]
-    results: dict[str, Any] = {"ingest": {}, "retrieval": {}, "layout": None, "config": vars(args)}
+    results: dict[str, Any] = {
+        "ingest": {},
+        "embedding_quality": {},
+        "retrieval": {},
+        "layout": None,
+        "config": vars(args),
+    }
     workdir = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
     try:
         console.print("[bold]layout[/bold]: per-user collections vs shared + filter")
@@ -174,14 +222,25 @@ async def main() -> None:
         for mode in modes:
             server = ChromaServerProcess(workdir / f"server-{mode}") if mode == "server" else None
             try:
-                root = workdir / f"{mode}-ingest"
-                # A cache-less embedder: every ingested text is really encoded (no reuse across modes).
-                fresh = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=0)
-                await fresh.warm()
-                service = make_service(root, fresh, mode, server.port if server else None)
-                results["ingest"][mode] = await bench_ingest(service, texts, 50)
-                service.close()
-                fresh.close()
+                for backend in args.backends.split(","):
+                    for concurrency in (int(c) for c in args.ingest_concurrency.split(",")):
+                        key = f"{mode}/{backend}/c{concurrency}"
+                        root = workdir / key.replace("/", "-")
+                        # A cache-less embedder: every ingested text is really encoded (no reuse across runs).
+                        fresh = make_embedder(backend=backend, threads=args.torch_threads, cache_size=0)  # type: ignore[arg-type]
+                        await fresh.warm()
+                        service = make_service(
+                            root, fresh, mode, server.port if server else None, collection_prefix=f"i{concurrency}"
+                        )
+                        results["ingest"][key] = await bench_ingest(service, texts, 50, concurrency)
+                        console.print(f"ingest {key}: {results['ingest'][key]}")
+                        await service.writer.aclose()
+                        service.close()
+                        if backend != "torch" and backend not in results["embedding_quality"]:
+                            results["embedding_quality"][backend] = embedding_agreement(
+                                embedder, fresh, texts[:1000]
+                            )
+                        fresh.close()
                 for size in sizes:
                     root = workdir / f"{mode}-{size}"
                     prefix = f"b{size}"
@@ -206,9 +265,31 @@ async def main() -> None:
     results["loadavg_after"] = os.getloadavg()
     results["ingest_mean_chars"] = round(sum(map(len, texts)) / len(texts), 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    results = merge_previous(results)
     (RESULTS / "memory.json").write_text(json.dumps(results, indent=2))
     report(results)
     plot(results)
+
+
+def merge_previous(results: dict[str, Any]) -> dict[str, Any]:
+    """A partial run (some sizes, modes or backends) updates its rows and keeps the others."""
+    path = RESULTS / "memory.json"
+    if not path.exists():
+        return results
+    merged: dict[str, Any] = json.loads(path.read_text())
+    for section in ("ingest", "embedding_quality"):
+        if not isinstance(merged.get(section), dict) or any("/" not in k for k in merged[section]):
+            merged[section] = {}  # rows from the older single-caller format are not comparable
+        merged[section].update(results[section])
+    for mode, by_size in results["retrieval"].items():
+        merged.setdefault("retrieval", {}).setdefault(mode, {}).update(by_size)
+    if results["layout"] is not None:
+        merged["layout"] = results["layout"]
+    merged.setdefault("runs", []).append(
+        {k: results[k] for k in ("config", "loadavg_before", "loadavg_after")}
+    )
+    merged["config"] = results["config"]
+    return merged
 
 
 def report(results: dict[str, Any]) -> None:
@@ -244,11 +325,17 @@ def report(results: dict[str, Any]) -> None:
             )
     console.print(table)
     ingest = Table(title="Memory: ingest (embed + durable write)")
-    for col in ("mode", "items", "seconds", "items/s"):
+    for col in ("store / embedding / callers", "items", "seconds", "items/s", "mean batch"):
         ingest.add_column(col)
-    for mode, s in results["ingest"].items():
-        ingest.add_row(mode, str(s["items"]), str(s["seconds"]), str(s["items_per_s"]))
+    for key, s in results["ingest"].items():
+        ingest.add_row(key, str(s["items"]), str(s["seconds"]), str(s["items_per_s"]), str(s.get("mean_batch", "-")))
     console.print(ingest)
+    quality = Table(title="Embedding backends against the torch model (1000 ingest texts)")
+    for col in ("backend", "mean cos", "min cos", "top-5 neighbour overlap"):
+        quality.add_column(col)
+    for backend, q in results.get("embedding_quality", {}).items():
+        quality.add_row(backend, str(q["mean_cos"]), str(q["min_cos"]), str(q["top5_overlap"]))
+    console.print(quality)
     lay = results["layout"]
     if lay is None:
         return

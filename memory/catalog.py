@@ -95,6 +95,30 @@ class Catalog:
             ).fetchone()
         return UserRecord(**dict(row))
 
+    def touch_many(self, added: dict[tuple[str, str], int]) -> list[UserRecord]:
+        """`touch` for several users in one transaction (one WAL commit, not one per user)."""
+        now = time.time()
+        rows = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for (tenant, user), count in added.items():
+                    rows.append(
+                        self._conn.execute(
+                            "INSERT INTO users (tenant, user, items, since_summary, created_at, last_seen)"
+                            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user) DO UPDATE SET"
+                            " items = items + excluded.items,"
+                            " since_summary = since_summary + excluded.since_summary,"
+                            " last_seen = excluded.last_seen RETURNING *",
+                            (tenant, user, count, count, now, now),
+                        ).fetchone()
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return [UserRecord(**dict(row)) for row in rows]
+
     def set_count(self, tenant: str, user: str, items: int) -> None:
         with self._lock:
             self._conn.execute("UPDATE users SET items=? WHERE tenant=? AND user=?", (items, tenant, user))

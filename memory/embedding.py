@@ -81,6 +81,8 @@ class CachedEmbedder:
         self._dim: int | None = None
         self._load_lock = threading.Lock()
         self._loaded = False
+        self._queues: dict[asyncio.AbstractEventLoop, _EmbedQueue] = {}
+        self.encode_calls = 0
 
     def _load(self) -> int:
         """Load the model; returns the embedding dimension."""
@@ -131,8 +133,31 @@ class CachedEmbedder:
         return np.stack([r for r in rows if r is not None]).astype(np.float32, copy=False)
 
     async def embed(self, texts: list[str]) -> Vectors:
+        """Encode texts off the event loop. Calls that arrive while the model is busy are encoded together
+        in one batch when it frees up (a batch of 16 costs about 4x one text, not 16x), so concurrent
+        requests do not queue up one model call each."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._embed_cached, list(texts))
+        queue = self._queues.get(loop)
+        if queue is None or loop.is_closed():
+            self._queues = {lp: q for lp, q in self._queues.items() if not lp.is_closed()}
+            queue = self._queues[loop] = _EmbedQueue(self, loop)
+        return await queue.submit(list(texts), background=False)
+
+    async def embed_background(self, texts: list[str]) -> Vectors:
+        """`embed` for work nobody is waiting on (ingest): request-path calls are served first."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            await self.embed([])  # creates the loop's queue
+            queue = self._queues[loop]
+        step = max(self._batch_size, 1)
+        # Model-batch-sized chunks, so a large ingest holds the model for one batch at a time.
+        parts = [await queue.submit(texts[i : i + step], background=True) for i in range(0, len(texts), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _embed_batch(self, texts: list[str]) -> Vectors:
+        self.encode_calls += 1
+        return self._embed_cached(texts)
 
     async def warm(self) -> None:
         """Load the model off the event loop (at start, so the first request does not pay for it)."""
@@ -140,6 +165,60 @@ class CachedEmbedder:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _EmbedQueue:
+    """Per event loop: callers wait here while one drain task feeds the model thread merged batches."""
+
+    def __init__(self, owner: CachedEmbedder, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self._loop = loop
+        self._pending: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        self._background: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, texts: list[str], *, background: bool) -> Vectors:
+        future: asyncio.Future[Vectors] = self._loop.create_future()
+        (self._background if background else self._pending).append((texts, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = self._loop.create_task(self._drain(), name="rapport-embed-drain")
+        return await future
+
+    def _take(self) -> list[tuple[list[str], asyncio.Future[Vectors]]]:
+        taken: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        size = 0
+        limit = max(self._owner._batch_size, 1)
+        for queue in (self._pending, self._background):
+            while queue and (not taken or size + len(queue[0][0]) <= limit):
+                entry = queue.pop(0)
+                if entry[1].done():  # the caller was cancelled: skip its texts
+                    continue
+                taken.append(entry)
+                size += len(entry[0])
+        return taken
+
+    async def _drain(self) -> None:
+        while self._pending or self._background:
+            taken = self._take()
+            if not taken:
+                continue
+            merged = [text for texts, _ in taken for text in texts]
+            try:
+                vectors = await self._loop.run_in_executor(
+                    self._owner._executor, self._owner._embed_batch, merged
+                )
+            except BaseException as exc:
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            start = 0
+            for texts, future in taken:
+                if not future.done():
+                    future.set_result(vectors[start : start + len(texts)])
+                start += len(texts)
 
 
 def resolve_model(model: str | Path | None) -> str:

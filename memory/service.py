@@ -126,7 +126,11 @@ class MemoryService:
         self.tasks = TaskRouter(settings, embedder)
         self.redactor = redactor if redactor is not None else (regex_redactor if settings.redact else None)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rapport-memory")
-        self.writer = IngestWriter(embedder.embed, self._commit, max_batch=settings.ingest_max_batch)
+        # Batched writes get their own thread so that request-path reads never queue behind them.
+        self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-memory-write")
+        self.writer = IngestWriter(
+            getattr(embedder, "embed_background", embedder.embed), self._commit, max_batch=settings.ingest_max_batch
+        )
         self._closed = False
         if llm_factory is not None:
             jobs.register(SUMMARY_JOB, make_handler(self, llm_factory))  # type: ignore[arg-type]
@@ -139,6 +143,7 @@ class MemoryService:
         if self._closed:
             return
         self._closed = True
+        self._write_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.catalog.close()
 
@@ -166,7 +171,8 @@ class MemoryService:
         return await self.writer.submit(prepared)
 
     async def _commit(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
-        stored, records = await self._io(self._commit_sync, items, vectors)
+        loop = asyncio.get_running_loop()
+        stored, records = await loop.run_in_executor(self._write_pool, self._commit_sync, items, vectors)
         if self.settings.summaries:
             for record in records:
                 if record.since_summary >= self.settings.summary_every:
@@ -177,9 +183,9 @@ class MemoryService:
         stored = self.store.add(items, vectors)
         owner = {item.id: (item.tenant, item.user) for item in items}
         added = Counter(owner[item_id] for item_id in stored)
-        users = dict.fromkeys((item.tenant, item.user) for item in items)
-        records = [self.catalog.touch(tenant, user, added.get((tenant, user), 0)) for tenant, user in users]
-        return stored, records
+        counts = {(item.tenant, item.user): 0 for item in items}
+        counts.update(added)
+        return stored, self.catalog.touch_many(counts)
 
     async def record_exchange(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -62,3 +63,16 @@ async def test_onnx_backends_match_torch_and_cache_the_export(
         again.close()
     names = os.listdir(tmp_path)
     assert sum(n.endswith(".onnx") for n in names) == 2 and not [n for n in names if n.endswith(".tmp")]
+
+
+async def test_concurrent_embeds_share_model_calls_and_get_their_own_rows(tmp_path: Path) -> None:
+    model = SentenceTransformerEmbedder(cache_size=0, batch_size=16)
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(40)]
+    alone = model.encode_sync(texts)
+    before = model.encode_calls
+    rows = await asyncio.gather(*(model.embed([t]) for t in texts))
+    assert model.encode_calls - before <= 40 // 16 + 2  # merged batches, not one model call per caller
+    assert np.allclose(np.concatenate(rows), alone, atol=1e-5)
+    # Background (ingest) work is chunked and still returns rows in order.
+    assert np.allclose(await model.embed_background(texts), alone, atol=1e-5)
+    model.close()
