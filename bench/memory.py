@@ -71,7 +71,8 @@ async def bench_ingest(
         nonlocal stored
         while queue:
             i, text = queue.pop()
-            stored += len(await service.ingest([MemoryItem("bench", f"ingest-{i % users}", text)]))
+            ids = await service.ingest([MemoryItem("bench", f"ingest-{i % users}", text)])
+            stored += len(ids)  # not `stored += len(await ...)`: that reads `stored` before the await
             progress.update(1)
 
     batches_before = service.writer.batches
@@ -86,7 +87,7 @@ async def bench_ingest(
         "items_per_s": round(stored / elapsed, 1),
         "concurrency": concurrency,
         "batches": batches,
-        "mean_batch": round(stored / max(batches, 1), 1),
+        "mean_batch": round(service.writer.items / max(service.writer.batches, 1), 1),
     }
 
 
@@ -194,6 +195,7 @@ async def main() -> None:
     parser.add_argument("--layout-items", type=int, default=20000)
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--backends", default="torch,onnx-int8", help="embedding backends for the ingest runs")
+    parser.add_argument("--retrieval-backends", default="torch,onnx-int8")
     parser.add_argument("--ingest-concurrency", default="1,32", help="concurrent ingest calls")
     parser.add_argument("--skip-layout", action="store_true")
     args = parser.parse_args()
@@ -249,10 +251,19 @@ async def main() -> None:
                     )
                     assert isinstance(service.store, ChromaStore)
                     load_s = bulk_load(service.store, size, USERS)
-                    stats = await bench_retrieval(service, questions, USERS, args.queries)
-                    stats["bulk_load_s"] = round(load_s, 1)
-                    results["retrieval"].setdefault(mode, {})[str(size)] = stats
-                    console.print(f"{mode} {size}: {stats}")
+                    for backend in args.retrieval_backends.split(","):
+                        # A fresh embedder per row: the timed queries must miss the query cache.
+                        query_embedder = make_embedder(backend=backend, threads=args.torch_threads)  # type: ignore[arg-type]
+                        await query_embedder.warm()
+                        service.embedder = query_embedder
+                        service.tasks._embedder = query_embedder
+                        stats = await bench_retrieval(service, questions, USERS, args.queries)
+                        stats["bulk_load_s"] = round(load_s, 1)
+                        key = mode if backend == "torch" else f"{mode}/{backend}"
+                        results["retrieval"].setdefault(key, {})[str(size)] = stats
+                        console.print(f"{key} {size}: {stats}")
+                        query_embedder.close()
+                    await service.writer.aclose()
                     service.close()
             finally:
                 if server is not None:
