@@ -184,7 +184,9 @@ class ScriptedUpstream:
                 yield b"data: " + orjson.dumps(chunk(model, {"content": piece})) + b"\n\n"
             final = chunk(model, {}, "stop")
             yield b"data: " + orjson.dumps(final) + b"\n\n"
-            if (body.get("stream_options") or {}).get("include_usage"):
+            options = body.get("stream_options")
+            # Fuzzed requests may carry any JSON here; a healthy upstream must not crash on it mid-stream.
+            if isinstance(options, dict) and options.get("include_usage"):
                 usage = {**chunk(model, {}), "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": len(pieces), "total_tokens": 10 + len(pieces)}}
                 yield b"data: " + orjson.dumps(usage) + b"\n\n"
             yield b"data: [DONE]\n\n"
