@@ -136,20 +136,19 @@ class CachedEmbedder:
         """Encode texts off the event loop. Calls that arrive while the model is busy are encoded together
         in one batch when it frees up (a batch of 16 costs about 4x one text, not 16x), so concurrent
         requests do not queue up one model call each."""
-        loop = asyncio.get_running_loop()
-        queue = self._queues.get(loop)
-        if queue is None or loop.is_closed():
-            self._queues = {lp: q for lp, q in self._queues.items() if not lp.is_closed()}
-            queue = self._queues[loop] = _EmbedQueue(self, loop)
-        return await queue.submit(list(texts), background=False)
+        return await self._queue().submit(list(texts), background=False)
 
-    async def embed_background(self, texts: list[str]) -> Vectors:
-        """`embed` for work nobody is waiting on (ingest): request-path calls are served first."""
+    def _queue(self) -> _EmbedQueue:
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
         if queue is None:
-            await self.embed([])  # creates the loop's queue
-            queue = self._queues[loop]
+            self._queues = {lp: q for lp, q in self._queues.items() if not lp.is_closed()}
+            queue = self._queues[loop] = _EmbedQueue(self, loop)
+        return queue
+
+    async def embed_background(self, texts: list[str]) -> Vectors:
+        """`embed` for work nobody is waiting on (ingest): request-path calls are served first."""
+        queue = self._queue()
         step = max(self._batch_size, 1)
         # Model-batch-sized chunks, so a large ingest holds the model for one batch at a time.
         parts = [await queue.submit(texts[i : i + step], background=True) for i in range(0, len(texts), step)]

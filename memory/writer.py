@@ -15,11 +15,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from memory.embedding import Vectors
 from memory.items import MemoryItem
 
 log = logging.getLogger("rapport.memory.writer")
+T = TypeVar("T")
 
 Embed = Callable[[list[str]], Awaitable[Vectors]]
 Commit = Callable[[list[MemoryItem], Vectors], Awaitable[list[str]]]
@@ -54,6 +56,19 @@ class _Batch:
                 request.done.set_result(mine)
 
 
+async def _guarded(batch: _Batch, step: str, work: Awaitable[T]) -> T | None:
+    """Run one stage's work for a batch; a failure fails that batch's callers only (None), not the writer."""
+    try:
+        return await work
+    except asyncio.CancelledError:
+        batch.fail(RuntimeError("memory writer stopped"))
+        raise
+    except Exception as exc:
+        log.exception("%s a batch of %d items failed", step, len(batch.items))
+        batch.fail(exc)
+        return None
+
+
 class IngestWriter:
     def __init__(self, embed: Embed, commit: Commit, *, max_batch: int = 256) -> None:
         self._embed = embed
@@ -61,7 +76,7 @@ class IngestWriter:
         self.max_batch = max_batch
         self._pending: list[_Request] = []
         self._wakeup: asyncio.Event | None = None
-        self._embedded: asyncio.Queue[tuple[_Batch, Vectors] | None] | None = None
+        self._embedded: asyncio.Queue[tuple[_Batch, Vectors]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
@@ -109,32 +124,16 @@ class IngestWriter:
                 await self._wakeup.wait()
                 continue
             batch = self._take()
-            try:
-                vectors = await self._embed([item.text for item in batch.items])
-            except asyncio.CancelledError:
-                batch.fail(RuntimeError("memory writer stopped"))
-                raise
-            except Exception as exc:
-                log.exception("embedding a batch of %d items failed", len(batch.items))
-                batch.fail(exc)
-                continue
-            await self._embedded.put((batch, vectors))
+            vectors = await _guarded(batch, "embedding", self._embed([item.text for item in batch.items]))
+            if vectors is not None:
+                await self._embedded.put((batch, vectors))
 
     async def _commit_stage(self) -> None:
         assert self._embedded is not None
         while True:
-            entry = await self._embedded.get()
-            if entry is None:
-                return
-            batch, vectors = entry
-            try:
-                stored = await self._commit(batch.items, vectors)
-            except asyncio.CancelledError:
-                batch.fail(RuntimeError("memory writer stopped"))
-                raise
-            except Exception as exc:
-                log.exception("committing a batch of %d items failed", len(batch.items))
-                batch.fail(exc)
+            batch, vectors = await self._embedded.get()
+            stored = await _guarded(batch, "committing", self._commit(batch.items, vectors))
+            if stored is None:
                 continue
             self.batches += 1
             self.items += len(batch.items)
