@@ -60,6 +60,14 @@ class MemorySettings(BaseModel):
     redact: bool = False
     # Concurrent ingests are coalesced into batches of at most this many items (one embed, one commit).
     ingest_max_batch: int = Field(default=256, ge=1, le=4096)
+    # Write-behind: acknowledge a write once it is in a local journal (data_dir/memory/journal.sqlite3) and
+    # move it into Chroma grouped per user (memory/staging.py). Off: every batch writes Chroma directly.
+    staged_writes: bool = True
+    # How long the flusher lets staged items gather before a round (more items per Chroma call under load).
+    staged_linger_ms: int = Field(default=2000, ge=0, le=60_000)
+    # Past this many staged items, ingest waits for the store (and fails after 30 s): a bound on memory use
+    # while a Chroma server is down.
+    staged_max_items: int = Field(default=50_000, ge=1)
 
     # Retrieval shaping.
     candidates_factor: int = Field(default=4, ge=1, le=50)

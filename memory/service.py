@@ -26,6 +26,7 @@ from memory.jobs import JobQueue
 from memory.llm import ChatLLM
 from memory.redact import Redactor, regex_redactor
 from memory.retrieval import mmr, score
+from memory.staging import StagedStore
 from memory.store import ChromaStore, MemoryStore
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
 from memory.writer import IngestWriter
@@ -120,6 +121,14 @@ class MemoryService:
                 store = ChromaStore(
                     path=root / "chroma", layout=settings.collection_layout, prefix=settings.collection_prefix
                 )
+            if settings.staged_writes:
+                store = StagedStore(
+                    store,
+                    root / "journal.sqlite3",
+                    max_staged=settings.staged_max_items,
+                    linger_s=settings.staged_linger_ms / 1000.0,
+                    sole_writer=settings.store == "embedded",
+                )
         self.store: MemoryStore = store
         self.catalog = Catalog(root / "catalog.sqlite3")
         self.composer = Composer(settings.template_path)
@@ -145,6 +154,7 @@ class MemoryService:
         self._closed = True
         self._write_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
+        self.store.close()  # a staged store flushes what it holds first
         self.catalog.close()
 
     # -- ingest -------------------------------------------------------------------------------------

@@ -47,7 +47,19 @@ class MemoryStore(Protocol):
 
     def delete_user(self, tenant: str, user: str) -> int: ...
 
+    def present(self, tenant: str, user: str, ids: list[str]) -> set[str]: ...
+
+    def ids(self, tenant: str, user: str) -> set[str]: ...
+
     def heartbeat(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+# Chroma replays a collection's not-yet-persisted log on every write, so with its defaults (persist every
+# 1000 items) a write to a user with 300 items cost 16 ms here against 6 ms with these (bench notes in the
+# README); reads are unaffected. Applies to collections created from now on.
+HNSW_WRITE_TUNING = {"hnsw:batch_size": 20, "hnsw:sync_threshold": 100}
 
 
 def collection_name(prefix: str, tenant: str, user: str) -> str:
@@ -113,7 +125,7 @@ class ChromaStore:
             found = self._collections.get(name)
             if found is not None:
                 return found
-            meta: dict[str, Any] = {"hnsw:space": "cosine"}
+            meta: dict[str, Any] = {"hnsw:space": "cosine", **HNSW_WRITE_TUNING}
             if self.layout == "per_user":
                 meta.update({"tenant": tenant, "user": user})
             if create:
@@ -141,7 +153,7 @@ class ChromaStore:
 
     def add(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
         stored: list[str] = []
-        for (tenant, user), idx in _group(items).items():
+        for (tenant, user), idx in group_by_user(items).items():
             col = self._collection(tenant, user, create=True)
             # Same id twice in one batch: keep the first.
             unique: dict[str, int] = {}
@@ -160,8 +172,22 @@ class ChromaStore:
             stored += [items[i].id for i in fresh]
         return stored
 
+    def present(self, tenant: str, user: str, ids: list[str]) -> set[str]:
+        """Which of `ids` the user's collection holds (no collection is created to answer)."""
+        col = self._collection(tenant, user, create=False)
+        if col is None or not ids:
+            return set()
+        return set(col.get(ids=ids, where=self._where(tenant, user), include=[])["ids"])
+
+    def ids(self, tenant: str, user: str) -> set[str]:
+        """Every id the user has in the store."""
+        col = self._collection(tenant, user, create=False)
+        if col is None:
+            return set()
+        return set(col.get(where=self._where(tenant, user), include=[])["ids"])
+
     def upsert(self, items: list[MemoryItem], vectors: Vectors) -> None:
-        for (tenant, user), idx in _group(items).items():
+        for (tenant, user), idx in group_by_user(items).items():
             col = self._collection(tenant, user, create=True)
             col.upsert(
                 ids=[items[i].id for i in idx],
@@ -262,8 +288,11 @@ class ChromaStore:
             return False
         return True
 
+    def close(self) -> None:
+        """Nothing to release: Chroma's clients close with the process."""
 
-def _group(items: list[MemoryItem]) -> dict[tuple[str, str], list[int]]:
+
+def group_by_user(items: list[MemoryItem]) -> dict[tuple[str, str], list[int]]:
     groups: dict[tuple[str, str], list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault((item.tenant, item.user), []).append(i)
