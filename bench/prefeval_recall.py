@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.prefeval_recall [--per-topic 2] [--turns 0,10,50,100,300] [--k 8]
         [--summary-max-words 40 --summary-max-tokens 64] [--summary-budget-min 35]
+        [--embedding-backend torch|onnx|onnx-int8] [--out bench/results/prefeval_recall.json]
 
 For each sampled PrefEval explicit-preference record, a fresh user states the preference, then N unrelated
 user turns from `filtered_inter_turns.json` follow, then the benchmark question is asked. The memory stage's
@@ -20,7 +21,10 @@ sentence with cosine >= --judge to the preference, all-MiniLM-L6-v2, agreeing on
 paraphrases as hits; `judge_null` measures how often each says yes to another domain's preference. Tokens
 are split into the block's fixed frame, the summary and the raw items (4-characters-per-token estimate, as the
 memory stage reports).
-PrefEval (Zhao et al. 2025) is CC BY-NC 4.0. Writes bench/results/prefeval_recall.{json,png}.
+`--embedding-backend` picks the memory service's embedder (what retrieval ranks with); the judge always uses
+the torch sentence-transformers model, so runs on different backends are judged identically.
+PrefEval (Zhao et al. 2025) is CC BY-NC 4.0. Writes bench/results/prefeval_recall.{json,png} (or --out's
+.json/.png, with its .partial.json for --resume).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 from difflib import SequenceMatcher
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -48,7 +52,14 @@ from bench._common import RESULTS, explicit_preferences, free_port, inter_turn_u
 from bench.prefeval_report import aggregate, plot, report
 from memory.compose import quote, render_item, render_summary
 from memory.config import MemorySettings
-from memory.embedding import Embedder, SentenceTransformerEmbedder, Vectors
+from memory.embedding import (
+    CachedEmbedder,
+    Embedder,
+    EmbeddingBackend,
+    SentenceTransformerEmbedder,
+    Vectors,
+    make_embedder,
+)
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
 from memory.llm import LLMResult
@@ -56,7 +67,6 @@ from memory.retrieval import estimate_tokens
 from memory.service import MemoryOptions, MemoryService, Retrieval
 from proxy.local_upstream import packaged_gguf, start_llama_server
 
-PARTIAL = RESULTS / "prefeval_recall.partial.json"
 _NEGATION = re.compile(r"\b(?:not|no|never|cannot|without|nor|neither)\b|n't\b", re.IGNORECASE)
 
 
@@ -294,8 +304,8 @@ async def apply_judge(
 
 async def rejudge(args: argparse.Namespace) -> None:
     """Apply the current judge to the saved summaries and rewrite the JSON and the plot (SmolLM2 not needed)."""
-    path = RESULTS / "prefeval_recall.json"
-    out = json.loads(path.read_text())
+    path: Path = args.out
+    out = json.loads(await asyncio.to_thread(path.read_text))
     prefs = {(r["topic"], r["index"]): r["preference"] for r in explicit_preferences()}
     embedder = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
     try:
@@ -310,9 +320,9 @@ async def rejudge(args: argparse.Namespace) -> None:
     out["rejudged"] = True
     turns = [int(n) for n in out["by_n"]]
     out["by_n"] = aggregate(out["rows"], turns)
-    path.write_text(json.dumps(out, indent=2))
+    await asyncio.to_thread(path.write_text, json.dumps(out, indent=2))
     report(out["by_n"], out["config"]["k"])
-    plot(out["by_n"], out["config"]["k"], RESULTS / "prefeval_recall.png")
+    plot(out["by_n"], out["config"]["k"], path.with_suffix(".png"))
 
 
 async def main() -> None:
@@ -335,11 +345,23 @@ async def main() -> None:
     parser.add_argument("--summary-max-tokens", type=int, default=64)
     parser.add_argument("--llm-threads", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument(
+        "--embedding-backend",
+        choices=("torch", "onnx", "onnx-int8"),
+        default="torch",
+        help="the memory service's embedder (the judge stays on torch)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "prefeval_recall.json",
+        help="results JSON (the plot and the partial rows go next to it)",
+    )
     parser.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run")
     parser.add_argument(
         "--rejudge",
         action="store_true",
-        help="re-run only the judge on the summaries saved in bench/results/prefeval_recall.json (no LLM)",
+        help="re-run only the judge on the summaries saved in --out (no LLM)",
     )
     args = parser.parse_args()
     if args.rejudge:
@@ -348,15 +370,24 @@ async def main() -> None:
     turns = [int(t) for t in args.turns.split(",")]
     # SIGTERM runs the cleanup below (stops the llama.cpp server) like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path: Path = args.out
+    partial = out_path.with_suffix(".partial.json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     records = sample(explicit_preferences(), args.per_topic)
     inter = inter_turn_user_texts()
     assert max(turns) <= len(inter), f"only {len(inter)} inter turns available"
-    rows: list[dict[str, Any]] = json.loads(PARTIAL.read_text()) if args.resume and PARTIAL.exists() else []
+    rows: list[dict[str, Any]] = json.loads(partial.read_text()) if args.resume and partial.exists() else []
     done = {(r["topic"], r["index"], r["n"]) for r in rows}
     load_before = os.getloadavg()
 
-    embedder = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
+    backend = cast(EmbeddingBackend, args.embedding_backend)
+    embedder = make_embedder(backend=backend, threads=args.torch_threads, cache_size=8192)
+    # The judge must not change with the backend under test: it always embeds with torch.
+    judge: CachedEmbedder = (
+        embedder
+        if backend == "torch"
+        else SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
+    )
     workdir = Path(tempfile.mkdtemp(prefix="rapport-prefeval-"))
     llama = None
     llm: OpenAIChat | None = None
@@ -402,21 +433,23 @@ async def main() -> None:
                 if (rec["topic"], rec["index"], n) in done:
                     continue
                 row = await one(
-                    service, embedder, jobs, rec, n, f"q{i}-n{n}", inter, args, frame_tokens, with_summary
+                    service, judge, jobs, rec, n, f"q{i}-n{n}", inter, args, frame_tokens, with_summary
                 )
                 summary_seconds += row.get("augmented", {}).get("summary_seconds", 0.0)
                 rows.append(row)
                 # Partial results survive an interrupted run (--resume picks them up).
-                PARTIAL.write_text(json.dumps(rows, indent=1))
+                partial.write_text(json.dumps(rows, indent=1))
             if with_summary:
                 summarized_questions += 1
         prefs = {(r["topic"], r["index"]): r["preference"] for r in records}
-        await apply_judge(embedder, rows, prefs, args.judge)  # resumed rows get the current judge too
-        null_judge = await judge_null(embedder, rows, prefs, args.judge)
+        await apply_judge(judge, rows, prefs, args.judge)  # resumed rows get the current judge too
+        null_judge = await judge_null(judge, rows, prefs, args.judge)
     finally:
         await jobs.close()
         service.close()
         embedder.close()
+        if judge is not embedder:
+            judge.close()
         if llm is not None:
             await llm.close()
         if llama is not None:
@@ -428,6 +461,9 @@ async def main() -> None:
     out = {
         "config": {
             **vars(args),
+            "out": str(out_path),
+            "embedding_backend": backend,
+            "judge_embedder": "torch sentence-transformers all-MiniLM-L6-v2",
             "questions": len(records),
             "k_small": math.ceil(args.k / 4),
             "summary_item_fraction": 0.25,
@@ -448,10 +484,10 @@ async def main() -> None:
         "by_n": by_n,
         "rows": rows,
     }
-    (RESULTS / "prefeval_recall.json").write_text(json.dumps(out, indent=2))
-    PARTIAL.unlink(missing_ok=True)
+    await asyncio.to_thread(out_path.write_text, json.dumps(out, indent=2))
+    partial.unlink(missing_ok=True)
     report(by_n, args.k)
-    plot(by_n, args.k, RESULTS / "prefeval_recall.png")
+    plot(by_n, args.k, out_path.with_suffix(".png"))
 
 
 if __name__ == "__main__":
