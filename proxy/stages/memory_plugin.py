@@ -153,6 +153,7 @@ def build_shared(services: Services) -> None:
             cache_size=settings.query_cache_size,
             threads=settings.embedding_threads,
             cache_dir=settings.embedding_cache_dir,
+            bf16=settings.embedding_bf16,
         )
     if services.jobs is None:
         services.jobs = JobQueue(

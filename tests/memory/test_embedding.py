@@ -66,7 +66,8 @@ async def test_onnx_backends_match_torch_and_cache_the_export(
 
 
 async def test_concurrent_embeds_share_model_calls_and_get_their_own_rows(tmp_path: Path) -> None:
-    model = SentenceTransformerEmbedder(cache_size=0, batch_size=16)
+    # fp32 throughout: with bf16 a text's vector depends (slightly) on the size of the batch it landed in.
+    model = SentenceTransformerEmbedder(cache_size=0, batch_size=16, bf16="off")
     texts = [f"sentence number {i} about topic {i % 7}" for i in range(40)]
     alone = model.encode_sync(texts)
     before = model.encode_calls
@@ -76,3 +77,21 @@ async def test_concurrent_embeds_share_model_calls_and_get_their_own_rows(tmp_pa
     # Background (ingest) work is chunked and still returns rows in order.
     assert np.allclose(await model.embed_background(texts), alone, atol=1e-5)
     model.close()
+
+
+def test_bf16_batches_stay_next_to_fp32_and_queries_stay_exact() -> None:
+    texts = [f"I prefer {food} for dinner on day {i}." for i, food in enumerate(["rice", "pasta", "soup"] * 4)]
+    fp32 = SentenceTransformerEmbedder(bf16="off", cache_size=0)
+    bf16 = SentenceTransformerEmbedder(bf16="on", cache_size=0)
+    try:
+        reference = fp32.encode_sync(texts)
+        batch = bf16.encode_sync(texts)  # 12 texts: a bf16 batch
+        assert batch.dtype == np.float32
+        cosines = (batch * reference).sum(axis=1)
+        assert cosines.min() > 0.999
+        assert not np.array_equal(batch, reference)  # bf16 really ran
+        # A query-sized call is left in fp32: identical to the fp32 model.
+        assert np.array_equal(bf16.encode_sync(texts[:1]), fp32.encode_sync(texts[:1]))
+    finally:
+        fp32.close()
+        bf16.close()
