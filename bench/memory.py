@@ -227,7 +227,8 @@ async def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
 
     load_before = os.getloadavg()
-    embedder = SentenceTransformerEmbedder(threads=args.torch_threads)
+    # The fp32 reference for the embedding-agreement rows (and the retrieval bulk service).
+    embedder = SentenceTransformerEmbedder(threads=args.torch_threads, bf16="off")
     await embedder.warm()
     prefs = explicit_preferences()
     questions = [p["question"] for p in prefs]
@@ -273,10 +274,9 @@ async def main() -> None:
                             console.print(f"ingest {key}: {results['ingest'][key]}")
                             await service.writer.aclose()
                             service.close()
-                    if backend != "torch" and backend not in results["embedding_quality"]:
-                        results["embedding_quality"][backend] = embedding_agreement(
-                            embedder, fresh, texts[:1000]
-                        )
+                    label = "torch-bf16" if backend == "torch" and getattr(fresh, "bf16", False) else backend
+                    if label != "torch" and label not in results["embedding_quality"]:
+                        results["embedding_quality"][label] = embedding_agreement(embedder, fresh, texts[:1000])
                     fresh.close()
                 for size in sizes:
                     root = workdir / f"{mode}-{size}"

@@ -141,7 +141,7 @@ class OnnxEmbedder(CachedEmbedder):
         if self._threads is not None:
             options.intra_op_num_threads = self._threads
         # Idle intra-op threads would otherwise spin, taking CPU from the store writes running beside them.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input_names = [i.name for i in self._session.get_inputs()]
         self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
