@@ -254,11 +254,11 @@ async def main() -> None:
         for mode in modes:
             server = ChromaServerProcess(workdir / f"server-{mode}") if mode == "server" else None
             try:
-                for backend in args.backends.split(","):
+                for backend in [b for b in args.backends.split(",") if b]:
                     # A cache-less embedder: every ingested text is really encoded (no reuse across runs).
                     fresh = make_embedder(backend=backend, threads=args.torch_threads, cache_size=0)  # type: ignore[arg-type]
                     await fresh.warm()
-                    for concurrency in (int(c) for c in args.ingest_concurrency.split(",")):
+                    for concurrency in (int(c) for c in args.ingest_concurrency.split(",") if c):
                         for staged in args.staged_writes.split(","):
                             key = f"{mode}/{backend}/c{concurrency}" + ("" if staged == "on" else "/direct")
                             root = workdir / key.replace("/", "-")
@@ -287,7 +287,7 @@ async def main() -> None:
                     store = service.store.inner if isinstance(service.store, StagedStore) else service.store
                     assert isinstance(store, ChromaStore)
                     load_s = bulk_load(store, size, USERS)
-                    for backend in args.retrieval_backends.split(","):
+                    for backend in [b for b in args.retrieval_backends.split(",") if b]:
                         # A fresh embedder per row: the timed queries must miss the query cache.
                         query_embedder = make_embedder(backend=backend, threads=args.torch_threads)  # type: ignore[arg-type]
                         await query_embedder.warm()

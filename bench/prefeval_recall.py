@@ -352,6 +352,12 @@ async def main() -> None:
         help="the memory service's embedder (the judge stays on torch)",
     )
     parser.add_argument(
+        "--query-embedding-backend",
+        choices=("same", "torch", "onnx", "onnx-int8"),
+        default="same",
+        help="embed queries on another runtime (the product default is torch ingest + onnx queries)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=RESULTS / "prefeval_recall.json",
@@ -381,13 +387,12 @@ async def main() -> None:
     load_before = os.getloadavg()
 
     backend = cast(EmbeddingBackend, args.embedding_backend)
-    embedder = make_embedder(backend=backend, threads=args.torch_threads, cache_size=8192)
-    # The judge must not change with the backend under test: it always embeds with torch.
-    judge: CachedEmbedder = (
-        embedder
-        if backend == "torch"
-        else SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192)
+    query_backend = None if args.query_embedding_backend == "same" else args.query_embedding_backend
+    embedder = make_embedder(
+        backend=backend, query_backend=query_backend, threads=args.torch_threads, cache_size=8192
     )
+    # The judge must not change with the backend under test: it always embeds with torch in fp32.
+    judge: CachedEmbedder = SentenceTransformerEmbedder(threads=args.torch_threads, cache_size=8192, bf16="off")
     workdir = Path(tempfile.mkdtemp(prefix="rapport-prefeval-"))
     llama = None
     llm: OpenAIChat | None = None
@@ -448,8 +453,7 @@ async def main() -> None:
         await jobs.close()
         service.close()
         embedder.close()
-        if judge is not embedder:
-            judge.close()
+        judge.close()
         if llm is not None:
             await llm.close()
         if llama is not None:
@@ -463,6 +467,7 @@ async def main() -> None:
             **vars(args),
             "out": str(out_path),
             "embedding_backend": backend,
+            "query_embedding_backend": query_backend or backend,
             "judge_embedder": "torch sentence-transformers all-MiniLM-L6-v2",
             "questions": len(records),
             "k_small": math.ceil(args.k / 4),

@@ -149,6 +149,7 @@ def build_shared(services: Services) -> None:
         services.embedder = make_embedder(
             settings.embedding_model,
             backend=settings.embedding_backend,
+            query_backend=settings.query_embedding_backend,
             batch_size=settings.embedding_batch_size,
             cache_size=settings.query_cache_size,
             threads=settings.embedding_threads,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memory.embedding import SentenceTransformerEmbedder, make_embedder
+from memory.embedding import SentenceTransformerEmbedder, SplitEmbedder, make_embedder
 from memory.onnx_embedding import OnnxEmbedder
 
 
@@ -95,3 +95,19 @@ def test_bf16_batches_stay_next_to_fp32_and_queries_stay_exact() -> None:
     finally:
         fp32.close()
         bf16.close()
+
+
+async def test_split_embedder_queries_on_onnx_and_ingest_on_torch(tmp_path: Path) -> None:
+    split = make_embedder(backend="torch", query_backend="onnx", cache_size=0, cache_dir=tmp_path)
+    assert isinstance(split, SplitEmbedder)
+    try:
+        await split.warm()
+        texts = [f"My favourite season is {s}, day {i}." for i, s in enumerate(["spring", "autumn"] * 5)]
+        queries = await split.embed(texts)
+        bulk = await split.embed_background(texts)
+        assert split.query.encode_calls >= 1 and split.bulk.encode_calls >= 1
+        assert isinstance(split.query, OnnxEmbedder) and isinstance(split.bulk, SentenceTransformerEmbedder)
+        assert float((queries * bulk).sum(axis=1).min()) > 0.999  # one model, two runtimes
+        assert split.dim == queries.shape[1]
+    finally:
+        split.close()
