@@ -34,8 +34,8 @@ from rich.table import Table
 from tqdm import tqdm
 
 from bench._common import RESULTS, ChromaServerProcess, explicit_preferences, percentiles
-from memory.config import MemorySettings
-from memory.embedding import SentenceTransformerEmbedder, make_embedder
+from memory.config import ChromaServer, MemorySettings
+from memory.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
 from memory.service import MemoryOptions, MemoryService
@@ -48,11 +48,11 @@ DIM = 384
 
 
 def make_service(
-    root: Path, embedder: SentenceTransformerEmbedder, mode: str, port: int | None, **kw: Any
+    root: Path, embedder: Embedder, mode: str, port: int | None, **kw: Any
 ) -> MemoryService:
     settings = MemorySettings(
         store="server" if mode == "server" else "embedded",
-        chroma={"port": port or 8000},
+        chroma=ChromaServer(port=port or 8000),
         summaries=False,
         **kw,
     )
@@ -60,9 +60,10 @@ def make_service(
 
 
 async def bench_ingest(
-    service: MemoryService, texts: list[str], users: int, concurrency: int
+    service: MemoryService, texts: list[str], users: int, concurrency: int, per_call: int = 1
 ) -> dict[str, Any]:
-    """Chat-shaped ingest: each call stores one turn of one user, `concurrency` calls in flight at once.
+    """Chat-shaped ingest: each call stores one turn of one user, `concurrency` calls in flight at once
+    (`per_call` > 1: import-shaped, each call stores that many turns of one user).
 
     Steady state: every user has written once before the clock starts (collection creation is a one-off cost
     per user, not part of the sustained rate).
@@ -80,10 +81,11 @@ async def bench_ingest(
     async def caller() -> None:
         nonlocal stored
         while queue:
-            i, text = queue.pop()
-            ids = await service.ingest([MemoryItem("bench", f"ingest-{i % users}", text)])
+            taken = [queue.pop() for _ in range(min(per_call, len(queue)))]
+            user = f"ingest-{(taken[0][0] // per_call) % users}"
+            ids = await service.ingest([MemoryItem("bench", user, text) for _, text in taken])
             stored += len(ids)  # not `stored += len(await ...)`: that reads `stored` before the await
-            progress.update(1)
+            progress.update(len(taken))
 
     batches_before = service.writer.batches
     staged = service.store if isinstance(service.store, StagedStore) else None
@@ -105,6 +107,7 @@ async def bench_ingest(
         "items_per_s": round(stored / drained, 1),
         "acknowledged_items_per_s": round(stored / elapsed, 1),
         "concurrency": concurrency,
+        "items_per_call": per_call,
         "batches": batches,
         "mean_batch": round(service.writer.items / max(service.writer.batches, 1), 1),
         "staged_writes": staged is not None,
@@ -221,6 +224,7 @@ async def main() -> None:
     parser.add_argument("--retrieval-backends", default="torch,onnx-int8")
     parser.add_argument("--ingest-concurrency", default="1,32", help="concurrent ingest calls")
     parser.add_argument("--staged-writes", default="on", help="on, off or on,off (write-behind staging)")
+    parser.add_argument("--bulk-per-call", type=int, default=100, help="import-shaped ingest row; 0: skip it")
     parser.add_argument("--skip-layout", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -274,6 +278,19 @@ async def main() -> None:
                             console.print(f"ingest {key}: {results['ingest'][key]}")
                             await service.writer.aclose()
                             service.close()
+                    if args.bulk_per_call > 0:
+                        key = f"{mode}/{backend}/bulk{args.bulk_per_call}"
+                        service = make_service(
+                            workdir / key.replace("/", "-"),
+                            fresh,
+                            mode,
+                            server.port if server else None,
+                            collection_prefix=f"bulk{backend}",
+                        )
+                        results["ingest"][key] = await bench_ingest(service, texts, 50, 1, args.bulk_per_call)
+                        console.print(f"ingest {key}: {results['ingest'][key]}")
+                        await service.writer.aclose()
+                        service.close()
                     label = "torch-bf16" if backend == "torch" and getattr(fresh, "bf16", False) else backend
                     if label != "torch" and label not in results["embedding_quality"]:
                         results["embedding_quality"][label] = embedding_agreement(embedder, fresh, texts[:1000])

@@ -136,6 +136,9 @@ class ScriptedUpstream:
         if reply.kind == "error":
             return JSONResponse(reply.body or {"error": {"message": "scripted failure"}}, status_code=reply.status, headers=reply.headers)
         text = reply.content if reply.content is not None else f"completed: {body.get('prompt')}"
+        if body.get("stream"):
+            # A healthy upstream streams legacy completions too (text_completion chunks, then [DONE]).
+            return StreamingResponse(self._stream_text(text, body.get("model")), media_type="text/event-stream")
         return JSONResponse(
             {
                 "id": "cmpl-scripted",
@@ -146,6 +149,20 @@ class ScriptedUpstream:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
             }
         )
+
+    async def _stream_text(self, text: str, model: Any) -> Any:
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)] or [""]
+        for i, piece in enumerate(pieces):
+            finish = "stop" if i == len(pieces) - 1 else None
+            event = {
+                "id": "cmpl-scripted",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}],
+            }
+            yield b"data: " + orjson.dumps(event) + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
     async def _chat(self, request: Request) -> Response:
         body = await self._record(request)
