@@ -353,18 +353,11 @@ class SplitEmbedder:
     def dim(self) -> int:
         return self.query.dim
 
-    @property
-    def cache_stats(self) -> dict[str, int]:
-        return self.query.cache_stats
-
     async def embed(self, texts: list[str]) -> Vectors:
         return await self.query.embed(texts)
 
     async def embed_background(self, texts: list[str]) -> Vectors:
         return await self.bulk.embed_background(texts)
-
-    def encode_sync(self, texts: list[str]) -> Vectors:
-        return self.bulk.encode_sync(texts) if len(texts) >= BF16_MIN_BATCH else self.query.encode_sync(texts)
 
     async def warm(self) -> None:
         await self.query.warm()

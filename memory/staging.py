@@ -99,7 +99,6 @@ class StagedStore:
         self._closed = False
         self._hurry = threading.Event()  # cuts a linger short: closing, or someone waiting in flush()
         self.flushes = 0  # store calls made by the flusher (one per user per round)
-        self.flushed_items = 0
         self._replay()
         self._thread = threading.Thread(target=self._run, name="rapport-memory-flush", daemon=True)
         self._thread.start()
@@ -295,15 +294,6 @@ class StagedStore:
         self.settle(tenant, user)
         return self.inner.count(tenant, user)
 
-    def ids(self, tenant: str, user: str) -> set[str]:
-        self.settle(tenant, user)
-        return self.inner.ids(tenant, user)
-
-    def present(self, tenant: str, user: str, ids: list[str]) -> set[str]:
-        with self._state:
-            staged = set(self._staged.get((tenant, user), {}))
-        return {i for i in ids if i in staged} | self.inner.present(tenant, user, ids)
-
     def collection_exists(self, tenant: str, user: str) -> bool:
         return self.inner.collection_exists(tenant, user)
 
@@ -321,12 +311,12 @@ class StagedStore:
         with self._user_lock(key):
             self._flush_user(key)
 
-    def _flush_user(self, key: UserKey) -> int:
+    def _flush_user(self, key: UserKey) -> None:
         """Move one user's staged entries into the store; the caller holds that user's lock."""
         with self._state:
             entries = list(self._staged.get(key, {}).values())
         if not entries:
-            return 0
+            return
         self.inner.upsert([e.item for e in entries], np.stack([e.vector for e in entries]))
         self._journal_drop([e.seq for e in entries])
         with self._state:
@@ -340,8 +330,6 @@ class StagedStore:
                 self._staged.pop(key, None)
             self._state.notify_all()
         self.flushes += 1
-        self.flushed_items += len(entries)
-        return len(entries)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Block until nothing is staged (or the timeout passes); True when everything reached the store."""

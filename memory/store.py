@@ -47,10 +47,6 @@ class MemoryStore(Protocol):
 
     def delete_user(self, tenant: str, user: str) -> int: ...
 
-    def present(self, tenant: str, user: str, ids: list[str]) -> set[str]: ...
-
-    def ids(self, tenant: str, user: str) -> set[str]: ...
-
     def heartbeat(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -154,12 +150,12 @@ class ChromaStore:
     def add(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
         stored: list[str] = []
         for (tenant, user), idx in group_by_user(items).items():
-            col = self._collection(tenant, user, create=True)
             # Same id twice in one batch: keep the first.
             unique: dict[str, int] = {}
             for i in idx:
                 unique.setdefault(items[i].id, i)
-            present = set(col.get(ids=list(unique), include=[])["ids"])
+            present = self.present(tenant, user, list(unique))
+            col = self._collection(tenant, user, create=True)
             fresh = [i for item_id_, i in unique.items() if item_id_ not in present]
             if not fresh:
                 continue
