@@ -66,7 +66,7 @@ class StagedStore:
         journal: Path,
         *,
         max_staged: int = 50_000,
-        linger_s: float = 2.0,
+        linger_s: float = 5.0,
         sole_writer: bool = True,
         known_users: int = 2048,
         full_timeout_s: float = 30.0,
