@@ -175,6 +175,13 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     transport_errors: int = 0
     ok_chats: int = 0
+    # What each transport error was ("ReadError: ...", streamed or not): a count alone cannot tell a client
+    # pool race from a server that cut a response.
+    error_kinds: Counter[str] = field(default_factory=Counter)
+
+    def transport_error(self, exc: BaseException, where: str) -> None:
+        self.transport_errors += 1
+        self.error_kinds[f"{where}: {type(exc).__name__}: {str(exc)[:120]}"] += 1
 
 
 async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, stop_at: float, tally: Tally) -> None:
@@ -197,8 +204,8 @@ async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, 
                 json=body,
             )
             await response.aread()
-        except httpx.HTTPError:
-            tally.transport_errors += 1
+        except httpx.HTTPError as exc:
+            tally.transport_error(exc, "stream" if body["stream"] else "chat")
             continue
         tally.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         tally.statuses[response.status_code] += 1
@@ -222,8 +229,8 @@ async def touch_users(url: str, concurrency: int, users: int) -> Tally:
                     headers={"authorization": f"Bearer {API_KEY}", "x-rapport-user": f"user-{index}"},
                     json=body,
                 )
-            except httpx.HTTPError:
-                tally.transport_errors += 1
+            except httpx.HTTPError as exc:
+                tally.transport_error(exc, "touch")
                 continue
             tally.latencies_ms.append((time.perf_counter() - started) * 1000.0)
             tally.statuses[response.status_code] += 1
@@ -355,6 +362,7 @@ def run_soak(
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors_5xx": errors_5xx,
         "transport_errors": tally.transport_errors + warm.transport_errors + touched.transport_errors,
+        "transport_error_kinds": dict(touched.error_kinds + warm.error_kinds + tally.error_kinds),
         "warmup_errors_5xx": sum(n for status, n in (touched.statuses + warm.statuses).items() if status >= 500),
         "items_expected": expected,
         "items_written": written,

@@ -16,6 +16,8 @@ def test_short_soak_serves_everything_and_records_every_turn(tmp_path: Path) -> 
     print(result)
     assert result["requests_served"] > 0
     assert result["errors_5xx"] == 0, result["statuses"]
-    assert result["transport_errors"] == 0
+    log = tmp_path / "server.log"
+    server_log = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    assert result["transport_errors"] == 0, (result["transport_error_kinds"], server_log)
     assert set(result["statuses"]) == {"200"}, result["statuses"]
     assert result["items_written"] == result["items_expected"], result
