@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, RapportError
 from proxy.settings import LimitSettings
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger("rapport.stream")
+
+
+def stream_error_event(exc: Exception) -> bytes:
+    """The SSE error event that ends a stream which failed after its 200 went out.
+
+    Any failure ends this way, not only Rapport's own: an exception escaping the body iterator makes the
+    server drop the connection mid-chunk, which clients see as a transport error, not as an API error.
+    """
+    if not isinstance(exc, RapportError):
+        log.error("a response stream failed inside Rapport", exc_info=exc)
+        exc = RapportError("the response stream failed inside Rapport (see the server log)")
+    return b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
 
 # Fields that would let a client pick where Rapport sends traffic or with which credentials: Rapport would
 # become an open relay or an SSRF hop, so they are refused outright (OWASP LLM10 / SSRF).

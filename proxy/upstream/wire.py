@@ -75,4 +75,7 @@ def sse_event(line: bytes | str) -> Any:
         raise UpstreamFailure("upstream sent a malformed stream event", status=502) from exc
     if isinstance(event, dict) and "error" in event and "choices" not in event:
         raise UpstreamFailure(error_message(502, event), status=502, body=event)
+    choices = event.get("choices", []) if isinstance(event, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise UpstreamFailure("upstream sent a malformed stream event", status=502)
     return event

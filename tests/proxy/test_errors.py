@@ -216,6 +216,43 @@ def test_stream_cut_raw_sse_has_error_event_then_done(make_rapport, scripted_ups
     assert error["type"] == "upstream_error"
 
 
+def _raw_stream_events(rapport) -> list[str]:
+    # httpx reads the whole body: a server that dropped the connection mid-chunk would raise here.
+    with httpx.Client(timeout=15) as client:
+        response = client.post(
+            f"{rapport.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {rapport.api_key}"},
+            json={"model": "test-model", "messages": MSG, "stream": True},
+        )
+    assert response.status_code == 200
+    return [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def test_malformed_upstream_event_midstream_ends_with_upstream_error(make_rapport, scripted_upstream):
+    rapport = make_rapport()
+    odd = {"id": "x", "object": "chat.completion.chunk", "choices": 7}
+    scripted_upstream.script(Reply(kind="odd_stream", chunks=["a", "b", "c"], cut_after=1, body=odd))
+    events = _raw_stream_events(rapport)
+    assert events[-1] == "[DONE]"
+    error = assert_error_shape(httpx.Response(200, content=events[-2]).json())
+    assert error["type"] == "upstream_error" and "malformed" in error["message"]
+
+
+def test_unexpected_failure_midstream_still_ends_the_stream_cleanly(make_rapport, scripted_upstream):
+    """A failure Rapport did not foresee (here: a delta that is a string) must end the stream with an error
+    event and [DONE], never with a dropped connection, and the next request is served normally."""
+    rapport = make_rapport()
+    odd = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": "oops"}]}
+    scripted_upstream.script(Reply(kind="odd_stream", chunks=["a", "b", "c"], cut_after=1, body=odd))
+    events = _raw_stream_events(rapport)
+    assert events[-1] == "[DONE]"
+    error = assert_error_shape(httpx.Response(200, content=events[-2]).json())
+    assert error["type"] == "server_error" and "inside Rapport" in error["message"]
+    assert httpx.Response(200, content=events[0]).json()["choices"][0]["delta"]["role"] == "assistant"
+    scripted_upstream.script(Reply(kind="stream", chunks=["fine"]))
+    assert "fine" in "".join(_raw_stream_events(rapport))
+
+
 def test_client_disconnect_midstream_cancels_the_upstream(make_rapport, scripted_upstream):
     rapport = make_rapport(limits={"max_concurrent_streams": 1})
     # The upstream sends two pieces, then waits (forever, unless cancelled).

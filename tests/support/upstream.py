@@ -24,7 +24,8 @@ from tests.support.servers import ThreadedServer
 
 @dataclass
 class Reply:
-    """One scripted answer. kind: ok | error | hang | stream | cut_stream | slow_stream."""
+    """One scripted answer. kind: ok | error | hang | stream | cut_stream | slow_stream | odd_stream
+    (odd_stream: `body` is sent as one stream event at `cut_after`, between ordinary chunks)."""
 
     kind: str = "ok"
     content: str | None = None
@@ -182,7 +183,7 @@ class ScriptedUpstream:
                 raise
             return JSONResponse(completion("released", model))
         content = reply.content if reply.content is not None else f"echo: {_last_user_text(body)}"
-        if body.get("stream") or reply.kind in ("stream", "cut_stream", "slow_stream"):
+        if body.get("stream") or reply.kind in ("stream", "cut_stream", "slow_stream", "odd_stream"):
             return StreamingResponse(self._stream(body, reply, content, model), media_type="text/event-stream")
         if reply.body is not None:
             return JSONResponse(reply.body)
@@ -198,6 +199,8 @@ class ScriptedUpstream:
                     raise ConnectionResetError("scripted cut")
                 if reply.kind == "slow_stream" and i == reply.cut_after:
                     await self.release.wait()
+                if reply.kind == "odd_stream" and i == reply.cut_after:
+                    yield b"data: " + orjson.dumps(reply.body) + b"\n\n"
                 yield b"data: " + orjson.dumps(chunk(model, {"content": piece})) + b"\n\n"
             final = chunk(model, {}, "stop")
             yield b"data: " + orjson.dumps(final) + b"\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,8 +13,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from proxy.auth.deps import Principal
 from proxy.entrypoints.chat.protocol import ChatCompletionRequest
-from proxy.entrypoints.common import check_caps, read_json_object, validate
-from proxy.errors import InvalidRequest, RapportError
+from proxy.entrypoints.common import check_caps, read_json_object, stream_error_event, validate
+from proxy.errors import InvalidRequest
 from proxy.identity import resolve_user
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
@@ -36,6 +37,9 @@ def _answer_text(response: dict[str, Any]) -> tuple[str, str | None]:
 
 def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+log = logging.getLogger("rapport.chat")
 
 
 class ChatServing:
@@ -151,16 +155,21 @@ class ChatServing:
                     base = {k: v for k, v in first.items() if k not in ("rapport", "usage")}
                     yield _sse({**base, "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]})
             completed = True
-        except RapportError as exc:
+        except Exception as exc:
             # Mid-stream failure: end with an error event the SDKs raise on, then close. Never hang.
-            yield _sse(exc.to_body())
+            yield stream_error_event(exc)
         finally:
             self.services.limiter.close_stream(principal.key_id)
             await _aclose(events)
         yield b"data: [DONE]\n\n"
         if completed:
-            self._count_tokens(ctx.model, usage)
-            self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, "".join(parts), ctx.model, finish, usage))
+            try:
+                self._count_tokens(ctx.model, usage)
+                exchange = Exchange(ctx.original_messages, "".join(parts), ctx.model, finish, usage)
+                self.pipeline.after(ctx, ran, exchange)
+            except Exception:
+                # The answer is already out: a failure to schedule learning from it must not cut the stream.
+                log.exception("recording a streamed exchange failed (request %s)", ctx.request_id)
 
     def _count_tokens(self, model: str, usage: dict[str, Any] | None) -> None:
         if not usage:

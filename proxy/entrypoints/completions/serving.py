@@ -11,8 +11,8 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from proxy.auth.deps import Principal
-from proxy.entrypoints.common import check_caps, read_json_object, validate
-from proxy.errors import InvalidRequest, RapportError
+from proxy.entrypoints.common import check_caps, read_json_object, stream_error_event, validate
+from proxy.errors import InvalidRequest
 from proxy.identity import resolve_user
 from proxy.services import Services
 
@@ -49,8 +49,8 @@ async def _relay(first: dict[str, Any] | None, events: AsyncIterator[dict[str, A
             yield b"data: " + orjson.dumps(first) + b"\n\n"
             async for event in events:
                 yield b"data: " + orjson.dumps(event) + b"\n\n"
-    except RapportError as exc:
-        yield b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
+    except Exception as exc:
+        yield stream_error_event(exc)
     finally:
         close = getattr(events, "aclose", None)
         if close is not None:
