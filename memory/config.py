@@ -43,8 +43,9 @@ class MemorySettings(BaseModel):
     # onnx (fp32) embeds one query in about 5 ms against torch's 13 ms, with the same results (PrefEval: all
     # 200 retrievals identical), while torch stays faster for ingest batches.
     query_embedding_backend: Literal["torch", "onnx", "onnx-int8"] | None = "onnx"
-    # torch backend: batches of 8+ texts (ingest) run on a bf16 copy of the weights (fp32 accumulation). auto: on when the
-    # CPU has AMX bf16 (1.7x ingest throughput measured, cosine to fp32 >= 0.99998); queries stay fp32.
+    # torch backend: batches of 8+ texts (ingest) run on a bf16 copy of the weights (fp32 accumulation).
+    # auto: on when the CPU has AMX bf16 (about 2x fp32's ingest rate here, cosine to fp32 >= 0.9999; PrefEval
+    # retrievals unchanged); single texts (queries) stay on the fp32 model.
     embedding_bf16: Literal["auto", "on", "off"] = "auto"
     # Where exported ONNX models are cached; None: ~/.cache/rapport/onnx.
     embedding_cache_dir: Path | None = None
