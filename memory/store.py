@@ -154,8 +154,8 @@ class ChromaStore:
             unique: dict[str, int] = {}
             for i in idx:
                 unique.setdefault(items[i].id, i)
-            present = self.present(tenant, user, list(unique))
             col = self._collection(tenant, user, create=True)
+            present = self.present(tenant, user, list(unique))  # finds the collection just opened
             fresh = [i for item_id_, i in unique.items() if item_id_ not in present]
             if not fresh:
                 continue

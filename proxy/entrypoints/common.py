@@ -16,6 +16,11 @@ T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger("rapport.stream")
 
 
+def sse_data(obj: dict[str, Any]) -> bytes:
+    """One server-sent event carrying `obj` as JSON."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
 def stream_error_event(exc: Exception) -> bytes:
     """The SSE error event that ends a stream which failed after its 200 went out.
 
@@ -25,7 +30,7 @@ def stream_error_event(exc: Exception) -> bytes:
     if not isinstance(exc, RapportError):
         log.error("a response stream failed inside Rapport", exc_info=exc)
         exc = RapportError("the response stream failed inside Rapport (see the server log)")
-    return b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
+    return sse_data(exc.to_body())
 
 # Fields that would let a client pick where Rapport sends traffic or with which credentials: Rapport would
 # become an open relay or an SSRF hop, so they are refused outright (OWASP LLM10 / SSRF).

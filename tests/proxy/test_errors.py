@@ -200,22 +200,6 @@ def test_stream_cut_midway_ends_with_error_event_and_sdk_raises(make_rapport, sc
     assert len(scripted_upstream.requests) == 1
 
 
-def test_stream_cut_raw_sse_has_error_event_then_done(make_rapport, scripted_upstream):
-    rapport = make_rapport()
-    scripted_upstream.script(Reply(kind="cut_stream", chunks=["a", "b", "c"], cut_after=1))
-    with httpx.Client(timeout=15) as client:
-        response = client.post(
-            f"{rapport.base_url}/chat/completions",
-            headers={"authorization": f"Bearer {rapport.api_key}"},
-            json={"model": "test-model", "messages": MSG, "stream": True},
-        )
-    assert response.status_code == 200
-    events = [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    error = assert_error_shape(httpx.Response(200, content=events[-2]).json())
-    assert error["type"] == "upstream_error"
-
-
 def _raw_stream_events(rapport) -> list[str]:
     # httpx reads the whole body: a server that dropped the connection mid-chunk would raise here.
     with httpx.Client(timeout=15) as client:
@@ -228,13 +212,24 @@ def _raw_stream_events(rapport) -> list[str]:
     return [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
 
 
+def _ending_error(events: list[str]) -> dict:
+    """The error event just before the final [DONE] of a stream that failed midway."""
+    assert events[-1] == "[DONE]"
+    return assert_error_shape(httpx.Response(200, content=events[-2]).json())
+
+
+def test_stream_cut_raw_sse_has_error_event_then_done(make_rapport, scripted_upstream):
+    rapport = make_rapport()
+    scripted_upstream.script(Reply(kind="cut_stream", chunks=["a", "b", "c"], cut_after=1))
+    error = _ending_error(_raw_stream_events(rapport))
+    assert error["type"] == "upstream_error"
+
+
 def test_malformed_upstream_event_midstream_ends_with_upstream_error(make_rapport, scripted_upstream):
     rapport = make_rapport()
     odd = {"id": "x", "object": "chat.completion.chunk", "choices": 7}
     scripted_upstream.script(Reply(kind="odd_stream", chunks=["a", "b", "c"], cut_after=1, body=odd))
-    events = _raw_stream_events(rapport)
-    assert events[-1] == "[DONE]"
-    error = assert_error_shape(httpx.Response(200, content=events[-2]).json())
+    error = _ending_error(_raw_stream_events(rapport))
     assert error["type"] == "upstream_error" and "malformed" in error["message"]
 
 
@@ -245,8 +240,7 @@ def test_unexpected_failure_midstream_still_ends_the_stream_cleanly(make_rapport
     odd = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": "oops"}]}
     scripted_upstream.script(Reply(kind="odd_stream", chunks=["a", "b", "c"], cut_after=1, body=odd))
     events = _raw_stream_events(rapport)
-    assert events[-1] == "[DONE]"
-    error = assert_error_shape(httpx.Response(200, content=events[-2]).json())
+    error = _ending_error(events)
     assert error["type"] == "server_error" and "inside Rapport" in error["message"]
     assert httpx.Response(200, content=events[0]).json()["choices"][0]["delta"]["role"] == "assistant"
     scripted_upstream.script(Reply(kind="stream", chunks=["fine"]))

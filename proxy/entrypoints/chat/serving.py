@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from proxy.auth.deps import Principal
 from proxy.entrypoints.chat.protocol import ChatCompletionRequest
-from proxy.entrypoints.common import check_caps, read_json_object, stream_error_event, validate
+from proxy.entrypoints.common import check_caps, read_json_object, sse_data, stream_error_event, validate
 from proxy.errors import InvalidRequest
 from proxy.identity import resolve_user
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
@@ -33,10 +33,6 @@ def _answer_text(response: dict[str, Any]) -> tuple[str, str | None]:
     message = first.get("message") or {}
     content = message.get("content")
     return (content if isinstance(content, str) else ""), first.get("finish_reason")
-
-
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 log = logging.getLogger("rapport.chat")
@@ -142,18 +138,18 @@ class ChatServing:
                     first = {**first, "rapport": self.pipeline.extension(ctx)}
                 _filter(first, filters)
                 finish = _collect(first, parts) or finish
-                yield _sse(first)
+                yield sse_data(first)
                 async for event in events:
                     _filter(event, filters)
                     finish = _collect(event, parts) or finish
                     if event.get("usage"):
                         usage = event["usage"]
-                    yield _sse(event)
+                    yield sse_data(event)
                 tail = _flush(filters)
                 if tail:
                     parts.append(tail)
                     base = {k: v for k, v in first.items() if k not in ("rapport", "usage")}
-                    yield _sse({**base, "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]})
+                    yield sse_data({**base, "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]})
             completed = True
         except Exception as exc:
             # Mid-stream failure: end with an error event the SDKs raise on, then close. Never hang.

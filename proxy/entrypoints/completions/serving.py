@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from proxy.auth.deps import Principal
-from proxy.entrypoints.common import check_caps, read_json_object, stream_error_event, validate
+from proxy.entrypoints.common import check_caps, read_json_object, sse_data, stream_error_event, validate
 from proxy.errors import InvalidRequest
 from proxy.identity import resolve_user
 from proxy.services import Services
@@ -46,9 +46,9 @@ async def pass_through(
 async def _relay(first: dict[str, Any] | None, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     try:
         if first is not None:
-            yield b"data: " + orjson.dumps(first) + b"\n\n"
+            yield sse_data(first)
             async for event in events:
-                yield b"data: " + orjson.dumps(event) + b"\n\n"
+                yield sse_data(event)
     except Exception as exc:
         yield stream_error_event(exc)
     finally:
