@@ -96,14 +96,23 @@ def validate(model: type[T], body: dict[str, Any]) -> T:
 
 
 def check_caps(limits: LimitSettings, req: BaseModel) -> None:
-    """This server's caps on message count, output tokens and `n`, for any request model that has them."""
-    messages = getattr(req, "messages", None)
+    """This server's caps on message count, output tokens and `n`, for any request model that has them.
+
+    Only fields the model declares (so validated) are read: on models that pass unknown fields through, an
+    undeclared `max_completion_tokens` is whatever JSON the client sent, and goes to the upstream as is.
+    """
+    fields = type(req).model_fields
+
+    def declared(name: str) -> Any:
+        return getattr(req, name, None) if name in fields else None
+
+    messages = declared("messages")
     if messages is not None and len(messages) > limits.max_messages:
         raise InvalidRequest(f"Too many messages ({len(messages)} > {limits.max_messages}).", param="messages")
     for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, name, None)
+        value = declared(name)
         if value is not None and value > limits.max_tokens:
             raise InvalidRequest(f"'{name}' exceeds this server's cap of {limits.max_tokens}.", param=name)
-    n = getattr(req, "n", None)
+    n = declared("n")
     if n is not None and n > limits.max_n:
         raise InvalidRequest(f"'n' exceeds this server's cap of {limits.max_n}.", param="n")

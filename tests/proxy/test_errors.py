@@ -348,6 +348,15 @@ def test_caps_on_legacy_completions(make_rapport, scripted_upstream, path, body,
     assert assert_error_shape(response.json())["param"] == param
 
 
+def test_undeclared_cap_field_on_legacy_completions_passes_through(make_rapport, scripted_upstream):
+    # Found by the fuzz test: a pass-through field named like a chat cap (here a list) was compared with the
+    # cap and crashed the handler (500). Legacy completions have no such field; it goes to the upstream as is.
+    rapport = make_rapport(limits={"max_tokens": 100})
+    body = {"model": "test-model", "prompt": "x", "max_completion_tokens": [1]}
+    assert _post(rapport, "/v1/completions", json=body).status_code == 200
+    assert scripted_upstream.requests[-1].json["max_completion_tokens"] == [1]
+
+
 @pytest.mark.parametrize("field", ["api_base", "base_url", "api_key", "custom_llm_provider", "extra_headers", "mock_response"])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
 def test_client_cannot_redirect_the_upstream(make_rapport, scripted_upstream, field, path):
