@@ -32,6 +32,7 @@ def stream_error_event(exc: Exception) -> bytes:
         exc = RapportError("the response stream failed inside Rapport (see the server log)")
     return sse_data(exc.to_body())
 
+
 # Fields that would let a client pick where Rapport sends traffic or with which credentials: Rapport would
 # become an open relay or an SSRF hop, so they are refused outright (OWASP LLM10 / SSRF).
 FORBIDDEN_FIELDS = frozenset(
