@@ -94,7 +94,9 @@ class FakeUpstreamProcess:
             self.process.kill()
 
 
-def write_config(data_dir: Path, upstream: str, memory: dict[str, Any] | None = None, **sections: Any) -> Path:
+def write_config(
+    data_dir: Path, upstream: str, memory: dict[str, Any] | None = None, server: dict[str, Any] | None = None, **sections: Any
+) -> Path:
     """A YAML config for `rapport serve`; `sections` add top-level settings (e.g. `rpm={...}`)."""
     import yaml
 
@@ -106,7 +108,7 @@ def write_config(data_dir: Path, upstream: str, memory: dict[str, Any] | None = 
         ],
         "auth": {"admin_key": ADMIN_KEY, "static_keys": [{"key": API_KEY, "tenant": "soak"}]},
         "memory": {"summary_every": 25, **(memory or {})},
-        "server": {"log_level": "warning"},
+        "server": {"log_level": "warning", **(server or {})},
         **sections,
     }
     path = data_dir.parent / f"{data_dir.name}.yaml"
@@ -178,10 +180,24 @@ class Tally:
     # What each transport error was ("ReadError: ...", streamed or not): a count alone cannot tell a client
     # pool race from a server that cut a response.
     error_kinds: Counter[str] = field(default_factory=Counter)
+    # When each one came (seconds into its phase) and how long its request had run: a reset that comes at
+    # once on a reused connection points at the connection's life, one after seconds at the server's work.
+    error_times: list[dict[str, float | str]] = field(default_factory=list)
+    phase: str = "load"
+    phase_started: float = field(default_factory=time.monotonic)
 
-    def transport_error(self, exc: BaseException, where: str) -> None:
+    def transport_error(self, exc: BaseException, where: str, request_started: float) -> None:
         self.transport_errors += 1
         self.error_kinds[f"{where}: {type(exc).__name__}: {str(exc)[:120]}"] += 1
+        now = time.perf_counter()
+        self.error_times.append(
+            {
+                "phase": self.phase,
+                "at_s": round(time.monotonic() - self.phase_started, 2),
+                "after_ms": round((now - request_started) * 1000.0, 1),
+                "kind": f"{where}: {type(exc).__name__}",
+            }
+        )
 
 
 async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, stop_at: float, tally: Tally) -> None:
@@ -205,7 +221,7 @@ async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, 
             )
             await response.aread()
         except httpx.HTTPError as exc:
-            tally.transport_error(exc, "stream" if body["stream"] else "chat")
+            tally.transport_error(exc, "stream" if body["stream"] else "chat", started)
             continue
         tally.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         tally.statuses[response.status_code] += 1
@@ -215,7 +231,7 @@ async def _worker(client: httpx.AsyncClient, url: str, worker: int, users: int, 
 
 async def touch_users(url: str, concurrency: int, users: int) -> Tally:
     """One chat for every user, so that each user's collection exists and is open before RSS is taken."""
-    tally = Tally()
+    tally = Tally(phase="touch")
     pending = iter(range(users))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -230,7 +246,7 @@ async def touch_users(url: str, concurrency: int, users: int) -> Tally:
                     json=body,
                 )
             except httpx.HTTPError as exc:
-                tally.transport_error(exc, "touch")
+                tally.transport_error(exc, "touch", started)
                 continue
             tally.latencies_ms.append((time.perf_counter() - started) * 1000.0)
             tally.statuses[response.status_code] += 1
@@ -267,8 +283,8 @@ class RSSSampler:
         self._thread.join()
 
 
-async def load(url: str, concurrency: int, users: int, seconds: float) -> Tally:
-    tally = Tally()
+async def load(url: str, concurrency: int, users: int, seconds: float, phase: str = "load") -> Tally:
+    tally = Tally(phase=phase)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         stop_at = time.monotonic() + seconds
@@ -287,6 +303,30 @@ async def _progress(tally: Tally, seconds: float, stop_at: float) -> None:
             bar.n = min(round(seconds), round(seconds - (stop_at - time.monotonic())))
             bar.set_postfix(served=sum(tally.statuses.values()), e5xx=sum(n for s, n in tally.statuses.items() if s >= 500))
             bar.refresh()
+
+
+def loop_lag(url: str) -> dict[str, float]:
+    """The server's event-loop lag so far, from /metrics: the worst stall and how many 100 ms ticks
+    came late by more than 0.25 s and 1 s."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rapport_event_loop_lag_max_seconds":
+                out["max_s"] = round(sample.value, 3)
+            elif sample.name == "rapport_event_loop_lag_seconds_count":
+                out["ticks"] = sample.value
+            elif sample.name == "rapport_event_loop_lag_seconds_bucket" and sample.labels["le"] in ("0.25", "1.0"):
+                out[f"le_{sample.labels['le']}"] = sample.value
+    ticks = out.get("ticks", 0.0)
+    return {
+        "max_s": out.get("max_s", float("nan")),
+        "ticks": ticks,
+        "late_over_0.25s": ticks - out.get("le_0.25", ticks),
+        "late_over_1s": ticks - out.get("le_1.0", ticks),
+    }
 
 
 def count_items(url: str) -> int:
@@ -322,18 +362,25 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_soak(
-    *, duration: float, concurrency: int, users: int, warmup: float, workdir: Path | None = None
+    *,
+    duration: float,
+    concurrency: int,
+    users: int,
+    warmup: float,
+    workdir: Path | None = None,
+    server_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="rapport-soak-"))
     upstream = FakeUpstreamProcess()
-    server = RapportProcess(write_config(workdir / "data", upstream.base_url), workdir / "server.log")
+    config = write_config(workdir / "data", upstream.base_url, server=server_settings)
+    server = RapportProcess(config, workdir / "server.log")
     try:
         server.start()
         rss_ready = rss_bytes(server.pid)
         touched = asyncio.run(touch_users(server.url, concurrency, users))
         # Wait until every warm-up turn is recorded, so the measured window starts from a drained server.
         wait_items(server.url, touched.ok_chats, timeout=600)
-        warm = asyncio.run(load(server.url, concurrency, users, warmup))
+        warm = asyncio.run(load(server.url, concurrency, users, warmup, phase="warm-up"))
         wait_items(server.url, touched.ok_chats + warm.ok_chats, timeout=600)
         rss_start = rss_bytes(server.pid)
         load_before = os.getloadavg()
@@ -342,6 +389,7 @@ def run_soak(
             tally = asyncio.run(load(server.url, concurrency, users, duration))
         elapsed = time.monotonic() - started
         rss_end = rss_bytes(server.pid)
+        lag = loop_lag(server.url)
         expected = touched.ok_chats + warm.ok_chats + tally.ok_chats
         written = wait_items(server.url, expected, timeout=600)
         rss_drained = rss_bytes(server.pid)
@@ -363,6 +411,8 @@ def run_soak(
         "errors_5xx": errors_5xx,
         "transport_errors": tally.transport_errors + warm.transport_errors + touched.transport_errors,
         "transport_error_kinds": dict(touched.error_kinds + warm.error_kinds + tally.error_kinds),
+        "transport_error_times": touched.error_times + warm.error_times + tally.error_times,
+        "event_loop_lag": lag,
         "warmup_errors_5xx": sum(n for status, n in (touched.statuses + warm.statuses).items() if status >= 500),
         "items_expected": expected,
         "items_written": written,
@@ -407,6 +457,7 @@ def report(result: dict[str, Any]) -> None:
         ("server RSS ready / warm -> end (MB)", f"{result['rss_ready_mb']} / {result['rss_start_mb']} -> {result['rss_end_mb']}", ""),
         ("RSS growth warm -> end", f"{result['rss_growth_pct']}%", "< 10%"),
         ("RSS growth, second half", f"{result['rss_second_half_growth_pct']}%", ""),
+        ("event-loop lag, worst (s)", str(result["event_loop_lag"]["max_s"]), ""),
         ("load average before -> after", f"{result['loadavg_before'][0]} -> {result['loadavg_after'][0]}", ""),
     ]
     for row in rows:

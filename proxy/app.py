@@ -22,6 +22,7 @@ from proxy.entrypoints.embeddings.api_router import router as embeddings_router
 from proxy.entrypoints.health.api_router import router as health_router
 from proxy.entrypoints.models.api_router import router as models_router
 from proxy.errors import InvalidRequest, NotFound, RapportError
+from proxy.looplag import LoopLagMonitor
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
 from proxy.plugins import DEFAULT_PLUGINS, load_plugins
 from proxy.services import Services
@@ -96,13 +97,16 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
     services = Services.build(settings)
     services.upstream.observe = lambda model, seconds: services.metrics.upstream_latency.labels(model).observe(seconds)
     services.plugins = load_plugins(services, plugins)
+    lag_monitor = LoopLagMonitor(services.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.start()
+        lag_monitor.start()
         try:
             yield
         finally:
+            await lag_monitor.stop()
             await services.close()
 
     app = FastAPI(

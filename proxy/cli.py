@@ -125,6 +125,7 @@ def serve(
             port=settings.server.port,
             workers=settings.server.workers,
             log_level=settings.server.log_level,
+            timeout_keep_alive=settings.server.timeout_keep_alive,
             timeout_graceful_shutdown=10,
         )
     finally:

@@ -83,6 +83,10 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+    # Seconds an idle keep-alive connection stays open. Above the clients' own pool expiry (httpx and the
+    # openai SDK: 5 s), so the client, not the server, retires idle connections; with equal timeouts a
+    # request sent just as the server closes the connection dies with a reset.
+    timeout_keep_alive: int = Field(default=75, ge=1)
 
 
 class StaticKey(BaseModel):

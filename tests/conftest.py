@@ -119,7 +119,7 @@ def make_rapport(
     def _make(upstream_url: str | None = None, data_dir: Path | None = None, plugins: tuple[str, ...] | None = None, **overrides: Any) -> RapportHandle:
         settings = rapport_settings(data_dir or tmp_path / f"data{len(handles)}", upstream_url or scripted_upstream.base_url, **overrides)
         app = create_app(settings) if plugins is None else create_app(settings, plugins)
-        server = ThreadedServer(app).start()
+        server = ThreadedServer(app, timeout_keep_alive=settings.server.timeout_keep_alive).start()
         handle = RapportHandle(
             url=server.url,
             base_url=f"{server.url}/v1",

@@ -548,3 +548,28 @@ def test_metrics_count_requests_errors_latency_and_tokens(make_rapport, scripted
     assert 'rapport_upstream_seconds_count{model="test-model"} 1.0' in text
     assert 'rapport_tokens_total{kind="prompt",model="test-model"} 10.0' in text
     assert 'rapport_tokens_total{kind="completion",model="test-model"} 5.0' in text
+
+
+def test_metrics_show_a_stalled_event_loop(make_rapport):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rapport = make_rapport()
+
+    def worst_lag() -> float:
+        with httpx.Client(timeout=10) as http:
+            text = http.get(f"{rapport.url}/metrics").text
+        return next(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "rapport_event_loop_lag_max_seconds"
+        )
+
+    assert worst_lag() < 0.9
+    # A blocking call on the server's loop, the kind of stall the metric exists to reveal.
+    assert rapport.server.loop is not None
+    rapport.server.loop.call_soon_threadsafe(time.sleep, 1.0)
+    deadline = time.monotonic() + 10
+    while worst_lag() < 0.9 and time.monotonic() < deadline:
+        pass
+    assert worst_lag() >= 0.9
