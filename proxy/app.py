@@ -97,7 +97,7 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
     services = Services.build(settings)
     services.upstream.observe = lambda model, seconds: services.metrics.upstream_latency.labels(model).observe(seconds)
     services.plugins = load_plugins(services, plugins)
-    lag_monitor = LoopLagMonitor(services.metrics)
+    lag_monitor = LoopLagMonitor(services.metrics, stall_log_s=settings.server.loop_stall_log_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -87,6 +87,8 @@ class ServerSettings(BaseModel):
     # openai SDK: 5 s), so the client, not the server, retires idle connections; with equal timeouts a
     # request sent just as the server closes the connection dies with a reset.
     timeout_keep_alive: int = Field(default=75, ge=1)
+    # Log the event loop's stack when it has been blocked this long (0: off); see proxy/looplag.py.
+    loop_stall_log_s: float = Field(default=1.0, ge=0)
 
 
 class StaticKey(BaseModel):

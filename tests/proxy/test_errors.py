@@ -7,6 +7,7 @@ through litellm alike; a failing stream must end (never hang), and a client that
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -550,10 +551,16 @@ def test_metrics_count_requests_errors_latency_and_tokens(make_rapport, scripted
     assert 'rapport_tokens_total{kind="completion",model="test-model"} 5.0' in text
 
 
-def test_metrics_show_a_stalled_event_loop(make_rapport):
+def _block_the_loop(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_a_stalled_event_loop_shows_in_metrics_and_its_stack_in_the_log(make_rapport, caplog):
     from prometheus_client.parser import text_string_to_metric_families
 
-    rapport = make_rapport()
+    rapport = make_rapport(server={"loop_stall_log_s": 0.3})
 
     def worst_lag() -> float:
         with httpx.Client(timeout=10) as http:
@@ -566,10 +573,14 @@ def test_metrics_show_a_stalled_event_loop(make_rapport):
         )
 
     assert worst_lag() < 0.9
-    # A blocking call on the server's loop, the kind of stall the metric exists to reveal.
+    # A blocking call on the server's loop, the kind of stall the metric and the log exist to reveal.
     assert rapport.server.loop is not None
-    rapport.server.loop.call_soon_threadsafe(time.sleep, 1.0)
-    deadline = time.monotonic() + 10
-    while worst_lag() < 0.9 and time.monotonic() < deadline:
-        pass
+    with caplog.at_level(logging.WARNING, logger="rapport.loop"):
+        rapport.server.loop.call_soon_threadsafe(_block_the_loop, 1.0)
+        deadline = time.monotonic() + 10
+        while worst_lag() < 0.9 and time.monotonic() < deadline:
+            pass
     assert worst_lag() >= 0.9
+    stalls = [r.getMessage() for r in caplog.records if r.name == "rapport.loop"]
+    assert len(stalls) == 1, stalls
+    assert "event loop blocked" in stalls[0] and "_block_the_loop" in stalls[0]
