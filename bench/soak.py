@@ -175,27 +175,21 @@ class RapportProcess:
 class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
-    transport_errors: int = 0
     ok_chats: int = 0
-    # What each transport error was ("ReadError: ...", streamed or not): a count alone cannot tell a client
-    # pool race from a server that cut a response.
-    error_kinds: Counter[str] = field(default_factory=Counter)
-    # When each one came (seconds into its phase) and how long its request had run: a reset that comes at
-    # once on a reused connection points at the connection's life, one after seconds at the server's work.
-    error_times: list[dict[str, float | str]] = field(default_factory=list)
+    # Each transport error: what it was ("chat: ReadError: ..."), when it came (seconds into its phase) and
+    # how long its request had run. A count alone cannot tell a client-pool race (resets at one instant, on
+    # requests that never reached the server) from a server that cut responses.
+    transport_errors: list[dict[str, float | str]] = field(default_factory=list)
     phase: str = "load"
     phase_started: float = field(default_factory=time.monotonic)
 
     def transport_error(self, exc: BaseException, where: str, request_started: float) -> None:
-        self.transport_errors += 1
-        self.error_kinds[f"{where}: {type(exc).__name__}: {str(exc)[:120]}"] += 1
-        now = time.perf_counter()
-        self.error_times.append(
+        self.transport_errors.append(
             {
+                "kind": f"{where}: {type(exc).__name__}: {str(exc)[:120]}",
                 "phase": self.phase,
                 "at_s": round(time.monotonic() - self.phase_started, 2),
-                "after_ms": round((now - request_started) * 1000.0, 1),
-                "kind": f"{where}: {type(exc).__name__}",
+                "after_ms": round((time.perf_counter() - request_started) * 1000.0, 1),
             }
         )
 
@@ -398,6 +392,7 @@ def run_soak(
         server.stop()
         upstream.stop()
     samples = sampler.samples
+    errors = touched.transport_errors + warm.transport_errors + tally.transport_errors
     half = [mb for t, mb in samples if t >= elapsed / 2]
     served = sum(tally.statuses.values())
     errors_5xx = sum(n for status, n in tally.statuses.items() if status >= 500)
@@ -409,9 +404,9 @@ def run_soak(
         "throughput_rps": round(served / elapsed, 1) if elapsed else 0.0,
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "errors_5xx": errors_5xx,
-        "transport_errors": tally.transport_errors + warm.transport_errors + touched.transport_errors,
-        "transport_error_kinds": dict(touched.error_kinds + warm.error_kinds + tally.error_kinds),
-        "transport_error_times": touched.error_times + warm.error_times + tally.error_times,
+        "transport_errors": len(errors),
+        "transport_error_kinds": dict(Counter(str(error["kind"]) for error in errors)),
+        "transport_error_times": errors,
         "event_loop_lag": lag,
         "warmup_errors_5xx": sum(n for status, n in (touched.statuses + warm.statuses).items() if status >= 500),
         "items_expected": expected,

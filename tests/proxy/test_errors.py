@@ -558,19 +558,12 @@ def _block_the_loop(seconds: float) -> None:
 
 
 def test_a_stalled_event_loop_shows_in_metrics_and_its_stack_in_the_log(make_rapport, caplog):
-    from prometheus_client.parser import text_string_to_metric_families
+    from bench.soak import loop_lag
 
     rapport = make_rapport(server={"loop_stall_log_s": 0.3})
 
     def worst_lag() -> float:
-        with httpx.Client(timeout=10) as http:
-            text = http.get(f"{rapport.url}/metrics").text
-        return next(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "rapport_event_loop_lag_max_seconds"
-        )
+        return loop_lag(rapport.url)["max_s"]
 
     assert worst_lag() < 0.9
     # A blocking call on the server's loop, the kind of stall the metric and the log exist to reveal.
