@@ -13,9 +13,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from proxy.auth.deps import Principal
 from proxy.entrypoints.chat.protocol import ChatCompletionRequest
-from proxy.entrypoints.common import check_caps, read_json_object, sse_data, stream_error_event, validate
-from proxy.errors import InvalidRequest
-from proxy.identity import resolve_user
+from proxy.entrypoints.admission import admit
+from proxy.entrypoints.common import sse_data, stream_error_event
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
 from proxy.pipeline.stage import TextFilter
@@ -44,22 +43,8 @@ class ChatServing:
         self.pipeline = Pipeline(services)
 
     async def create(self, request: Request, principal: Principal) -> Response:
-        services = self.services
-        services.limiter.check(principal.key_id, principal.rate_limit_rps)
-        body = await read_json_object(request)
-        req = validate(ChatCompletionRequest, body)
-        check_caps(services.settings.limits, req)
-        model = req.model or services.settings.default_model
-        if not model:
-            raise InvalidRequest("'model' is required.", param="model")
-        services.upstream.entry(model)  # 404 before any personalization work
-
-        body.pop("rapport", None)
-        body["model"] = model
-        user = resolve_user(request.headers, body, principal)
-        if user is not None and "user" not in body:
-            # The end user still reaches the upstream (abuse monitoring, caching keys, ...).
-            body["user"] = user
+        admitted = await admit(self.services, request, principal, ChatCompletionRequest)
+        body, req, model, user = admitted.body, admitted.request, admitted.model, admitted.user
         ctx = RequestContext(
             request_id="rq-" + secrets.token_hex(8),
             endpoint="chat",

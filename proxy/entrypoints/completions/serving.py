@@ -11,27 +11,16 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from proxy.auth.deps import Principal
-from proxy.entrypoints.common import check_caps, read_json_object, sse_data, stream_error_event, validate
-from proxy.errors import InvalidRequest
-from proxy.identity import resolve_user
+from proxy.entrypoints.admission import admit
+from proxy.entrypoints.common import sse_data, stream_error_event
 from proxy.services import Services
 
 
 async def pass_through(
     services: Services, request: Request, principal: Principal, path: str, schema: type[BaseModel]
 ) -> Response:
-    services.limiter.check(principal.key_id, principal.rate_limit_rps)
-    body = await read_json_object(request)
-    req = validate(schema, body)
-    check_caps(services.settings.limits, req)
-    model = getattr(req, "model", None) or services.settings.default_model
-    if not model:
-        raise InvalidRequest("'model' is required.", param="model")
-    services.upstream.entry(model)
-    body["model"] = model
-    user = resolve_user(request.headers, body, principal)
-    if user is not None and "user" not in body:
-        body["user"] = user
+    admitted = await admit(services, request, principal, schema)
+    body, model = admitted.body, admitted.model
     if body.get("stream"):
         events = services.upstream.stream(model, path, body)
         try:
