@@ -80,6 +80,15 @@ def serve(
         settings.server.port = port
     if workers is not None:
         settings.server.workers = workers
+    if settings.server.workers > 1 and not settings.shared_state:
+        # Each worker would open the same embedded SQLite files and Chroma with its own caches: two writers
+        # that disagree about a user and break forget. Refuse before any worker starts.
+        console.print(
+            f"[bold red]error:[/] server.workers is {settings.server.workers}, but the embedded store (no "
+            "database_url) allows one serving process. Run with --workers 1, or set database_url "
+            "(RAPPORT_DATABASE_URL) to a PostgreSQL database to run several workers or replicas."
+        )
+        raise typer.Exit(2)
 
     from proxy.auth.keys import KeyStore
 

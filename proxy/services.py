@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from memory.llm import ChatLLM
 from proxy.auth.keys import KeyStore
+from proxy.datadir_lock import DataDirLock
 from proxy.metrics import Metrics
 from proxy.ratelimit import RateLimiter
 from proxy.settings import RapportSettings
@@ -59,6 +60,8 @@ class Services:
     # (typed loosely here so that the proxy core does not depend on their construction).
     embedder: Any = None
     jobs: Any = None
+    # Held for the life of a server on the embedded store (see proxy/datadir_lock.py).
+    datadir_lock: DataDirLock | None = None
 
     def utility_llm(self, model: str | None = None) -> ChatLLM:
         """The LLM that writes summaries and extractions: a named model, else the default upstream."""
@@ -67,13 +70,23 @@ class Services:
     @classmethod
     def build(cls, settings: RapportSettings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(
-            settings=settings,
-            upstream=UpstreamRouter(settings),
-            keys=KeyStore(settings.data_dir / "keys.sqlite3", settings.auth),
-            limiter=RateLimiter(settings.limits),
-            metrics=Metrics(),
-        )
+        lock = None
+        if not settings.shared_state:
+            lock = DataDirLock(settings.data_dir)
+            lock.acquire()
+        try:
+            return cls(
+                settings=settings,
+                upstream=UpstreamRouter(settings),
+                keys=KeyStore(settings.data_dir / "keys.sqlite3", settings.auth),
+                limiter=RateLimiter(settings.limits),
+                metrics=Metrics(),
+                datadir_lock=lock,
+            )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
 
     async def start(self) -> None:
         for plugin in self.plugins:
@@ -88,6 +101,8 @@ class Services:
                 log.exception("closing plugin %s failed", plugin.name)
         await self.upstream.close()
         self.keys.close()
+        if self.datadir_lock is not None:
+            self.datadir_lock.release()
 
     def stages(self) -> list[Any]:
         return [stage for plugin in self.plugins for stage in plugin.stages()]

@@ -190,6 +190,11 @@ class RapportSettings(BaseSettings):
                     raise ValueError(f"model {entry.model_name!r} falls back to unknown model {fb!r}")
         return self
 
+    @property
+    def shared_state(self) -> bool:
+        """Whether state lives in a shared database (any number of replicas) instead of the data dir."""
+        return getattr(self, "database_url", None) is not None
+
     def uses_local_upstream(self) -> bool:
         return self.local.enabled and any(
             m.litellm_params.api_base == f"http://{self.local.host}:{self.local.port}/v1" for m in self.model_list
