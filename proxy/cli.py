@@ -93,8 +93,8 @@ def serve(
     from proxy.auth.keys import KeyStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = KeyStore(settings.data_dir / "keys.sqlite3", settings.auth)
-    open_mode = not store.has_admin_key and not store.any_proxy_keys()
+    store = KeyStore(settings.data_dir / "keys.sqlite3", settings.auth, allow_open_mode=not settings.shared_state)
+    open_mode = store.open_mode
     store.close()
     if open_mode:
         if settings.server.host not in ("127.0.0.1", "localhost", "::1"):

@@ -15,6 +15,7 @@ from proxy.metrics import Metrics
 from proxy.ratelimit import RateLimiter
 from proxy.settings import RapportSettings
 from proxy.upstream.router import UpstreamRouter
+from rapport.core.database import Databases
 
 if TYPE_CHECKING:
     from proxy.plugins import Plugin
@@ -62,6 +63,8 @@ class Services:
     jobs: Any = None
     # Held for the life of a server on the embedded store (see proxy/datadir_lock.py).
     datadir_lock: DataDirLock | None = None
+    # The databases the stores are given (one shared PostgreSQL, or a SQLite file per store); None until built.
+    databases: Databases | None = None
 
     def utility_llm(self, model: str | None = None) -> ChatLLM:
         """The LLM that writes summaries and extractions: a named model, else the default upstream."""
@@ -78,10 +81,14 @@ class Services:
             return cls(
                 settings=settings,
                 upstream=UpstreamRouter(settings),
-                keys=KeyStore(settings.data_dir / "keys.sqlite3", settings.auth),
+                # Open mode (no keys at all) is for one developer's machine, never for shared replicas.
+                keys=KeyStore(
+                    settings.data_dir / "keys.sqlite3", settings.auth, allow_open_mode=not settings.shared_state
+                ),
                 limiter=RateLimiter(settings.limits),
                 metrics=Metrics(),
                 datadir_lock=lock,
+                databases=Databases(settings.database_config()),
             )
         except BaseException:
             if lock is not None:
@@ -101,6 +108,8 @@ class Services:
                 log.exception("closing plugin %s failed", plugin.name)
         await self.upstream.close()
         self.keys.close()
+        if self.databases is not None:
+            self.databases.close()
         if self.datadir_lock is not None:
             self.datadir_lock.release()
 

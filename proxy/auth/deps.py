@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import Request
 
-from proxy.errors import AuthenticationFailed, PermissionDenied
+from proxy.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from proxy.services import Services
 
 OPEN_TENANT = "default"
+T = TypeVar("T")
+log = logging.getLogger("rapport.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +43,17 @@ def _bearer(request: Request) -> str | None:
 
 
 def open_mode(services: Services) -> bool:
-    """No proxy key and no admin key configured: local development, bound to 127.0.0.1 only."""
-    return not services.keys.has_admin_key and not services.keys.any_proxy_keys()
+    """No proxy key and no admin key at start: local development, bound to 127.0.0.1 only (KeyStore.open_mode)."""
+    return _key_store(lambda: services.keys.open_mode)
+
+
+def _key_store(call: Callable[[], T]) -> T:
+    """A key-store failure answers 503: auth fails closed, never an unauthenticated pass."""
+    try:
+        return call()
+    except Exception as exc:
+        log.exception("the key store failed")
+        raise ServiceUnavailable("The API key store is unavailable; try again shortly.") from exc
 
 
 async def require_principal(request: Request) -> Principal:
@@ -51,7 +65,7 @@ async def require_principal(request: Request) -> Principal:
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
     if services.keys.is_admin(token):
         return Principal(key_id="admin", tenant=OPEN_TENANT, is_admin=True)
-    key = services.keys.lookup(token)
+    key = _key_store(lambda: services.keys.lookup(token))
     if key is None:
         if open_mode(services):
             # In open mode any placeholder key an SDK insists on (e.g. "sk-local") is accepted.
@@ -71,6 +85,6 @@ async def require_admin(request: Request) -> Principal:
         raise AuthenticationFailed("Missing admin key: send 'Authorization: Bearer <admin key>'.")
     if services.keys.is_admin(token):
         return Principal(key_id="admin", tenant=OPEN_TENANT, is_admin=True)
-    if services.keys.lookup(token) is not None:
+    if _key_store(lambda: services.keys.lookup(token)) is not None:
         raise PermissionDenied("This key is a proxy key; admin routes need the admin key.")
     raise AuthenticationFailed("Incorrect admin key provided.")

@@ -38,7 +38,7 @@ class ApiKey:
 
 
 class KeyStore:
-    def __init__(self, path: Path, auth: AuthSettings) -> None:
+    def __init__(self, path: Path, auth: AuthSettings, *, allow_open_mode: bool = True) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -67,8 +67,21 @@ class KeyStore:
         # effect within the TTL without a query on every request.
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._any_keys: tuple[float, bool] | None = None
+        self._open = allow_open_mode and not self.has_admin_key and not self.any_proxy_keys()
 
     # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def open_mode(self) -> bool:
+        """No key of any kind when this store opened: local development, any request accepted.
+
+        Decided at start. It ends for good once a key exists (a key created while serving takes effect), but
+        never begins while serving: revoking every key of a server that started with keys must not open it
+        to anyone (it may be bound to a public address).
+        """
+        if self._open and self.any_proxy_keys():
+            self._open = False
+        return self._open
 
     @property
     def has_admin_key(self) -> bool:
