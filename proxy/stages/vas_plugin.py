@@ -3,7 +3,10 @@
 When a request turns VAS on (`extra_body={"rapport": {"vas": ...}}`, or per-model/settings defaults) and
 the value models are up, this stage decodes the answer itself, step by step against the request's
 upstream, and reports steps, calls and time in the response's `rapport` extension. If a value backend is
-down, VAS is off for that request (plain upstream call) and the extension and degraded header say why.
+down, or the request needs what VAS cannot honour (tools, response_format, n > 1, non-text parts,
+logprobs...), VAS is off for that request: the plain upstream path answers it unchanged and the
+extension says why. Within an answer, operator bounds (calls, value passes, deadline) and a value backend
+failing midway stop the steering and the answer finishes plainly from the same prefix, reported.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
-from proxy.errors import InvalidRequest
+from proxy.errors import InvalidRequest, UpstreamError
 from proxy.pipeline.context import Exchange, RequestContext
 from proxy.pipeline.stage import Upstream
 from reasoning.vas.backends import ValueBackendDown
-from reasoning.vas.base_lm import BaseLM, ChatPrefillLM, CompletionsLM
+from reasoning.vas.base_lm import BaseLM, BaseLMError, ChatPrefillLM, CompletionsLM
 from reasoning.vas.decoding import DecodeResult
 from reasoning.vas.engine import Plan, VASEngine, VASOptionError, parse_request
+from reasoning.vas.request_fit import text_messages, unsupported
 
 if TYPE_CHECKING:
     from proxy.plugins import Plugin
@@ -58,6 +62,11 @@ class VASStage:
             raise InvalidRequest(str(exc), param=exc.param) from exc
         detail: dict[str, Any] = {"mode": plan.params.mode, "beta": plan.params.beta, "weights": plan.weights,
                                   "weights_from": plan.weights_from}
+        cannot = unsupported(ctx.body)
+        if cannot is not None:
+            # Not a failure: the request needs what VAS cannot give, so the plain path answers it as sent.
+            detail.update(applied=False, reason=f"not applied: {cannot}")
+            return detail
         off = await self._unavailable(plan)
         if off is not None:
             detail.update(applied=False, reason=off)
@@ -103,24 +112,29 @@ class VASStage:
         return CompletionsLM(post, self._plugin.engine.render, ctx.model, dict(settings.upstream_extra),
                              dict(settings.logprob_extra))
 
-    def _messages(self, ctx: RequestContext) -> list[dict[str, Any]]:
-        return [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in ctx.body["messages"]]
-
-    async def _run(self, ctx: RequestContext, upstream: Upstream, emit: Any = None) -> DecodeResult | str:
+    async def _run(self, ctx: RequestContext, upstream: Upstream, emit: Any = None) -> DecodeResult | None:
+        """Decode the answer; None when VAS could not start (a value model missing): nothing was sent yet."""
         plan, detail = ctx.state[_STATE]
+        messages = text_messages(ctx.body)
         try:
-            result = await self._plugin.engine.run(self._base(ctx, upstream), self._messages(ctx), plan, emit)
+            result = await self._plugin.engine.run(self._base(ctx, upstream), messages, plan, emit)
         except ValueBackendDown as exc:
             detail.update(applied=False, reason=f"value backend down: {exc}"[:300])
             ctx.degraded.append("vas: value backend down")
-            return str(exc)
+            return None
+        except BaseLMError as exc:
+            raise UpstreamError(f"VAS cannot decode with this upstream: {exc}") from exc
+        if result.prompt_tokens is None:
+            result.prompt_tokens = await asyncio.to_thread(self._plugin.engine.count_prompt_tokens, messages)
         detail.update(result.details(plan.params.mode, plan.params.beta))
+        if result.stopped is not None and result.stopped != "ambiguous_empty_token":
+            ctx.degraded.append(f"vas: stopped steering ({result.stopped})")
         self._services.metrics.stage_latency.labels("vas_decode").observe(result.ms / 1000.0)
         return result
 
     async def generate(self, ctx: RequestContext, upstream: Upstream) -> dict[str, Any]:
         result = await self._run(ctx, upstream)
-        if isinstance(result, str):
+        if result is None:
             return await upstream.chat(ctx.body)
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
@@ -131,10 +145,13 @@ class VASStage:
                 {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                  "finish_reason": result.finish_reason}
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": result.base_tokens, "total_tokens": result.base_tokens},
+            "usage": _usage(result),
         }
 
     async def generate_stream(self, ctx: RequestContext, upstream: Upstream) -> AsyncIterator[dict[str, Any]]:
+        """Chunks as tokens are chosen. Nothing is yielded before the first decoding step succeeded, so a
+        failure there propagates out of the first `__anext__` (a real HTTP status); after it, a failure
+        ends the stream with the error the relay sends: never a restart, never a second role chunk."""
         cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -146,7 +163,7 @@ class VASStage:
         async def emit(piece: str) -> None:
             await queue.put(piece)
 
-        async def produce() -> DecodeResult | str:
+        async def produce() -> DecodeResult | None:
             try:
                 return await self._run(ctx, upstream, emit)
             finally:
@@ -154,28 +171,36 @@ class VASStage:
 
         task = asyncio.get_running_loop().create_task(produce())
         try:
+            first = await queue.get()
+            if first is None:
+                result = await task  # raises here, before any chunk, when the first step failed
+                if result is None:  # VAS could not start: the plain stream answers (nothing sent yet)
+                    async for event in upstream.chat_stream(ctx.body):
+                        yield event
+                    return
             yield chunk({"role": "assistant", "content": ""})
-            while (piece := await queue.get()) is not None:
+            piece = first
+            while piece is not None:
                 yield chunk({"content": piece})
+                piece = await queue.get()
             result = await task
         finally:
             if not task.done():
                 task.cancel()
-        if isinstance(result, str):
-            async for event in upstream.chat_stream(ctx.body):
-                yield event
-            return
+        assert result is not None  # a run that emitted a piece has started
         _, detail = ctx.state[_STATE]
-        # The first chunk's `rapport` extension predates decoding; the totals travel with the last one.
+        # The first chunk's `rapport` extension was taken after the first step; the totals travel here.
         yield chunk({}, result.finish_reason, rapport={"vas": dict(detail)})
+        options = ctx.body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": ctx.model,
+                   "choices": [], "usage": _usage(result)}
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+def _usage(result: DecodeResult) -> dict[str, int]:
+    prompt = result.prompt_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": result.base_tokens,
+            "total_tokens": prompt + result.base_tokens}
 
 
 class VASPlugin:

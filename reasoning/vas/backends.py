@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,9 +74,13 @@ def _common_len(a: list[int], b: list[int]) -> int:
 class TorchBackend:
     """In-process torch; one model shared by all sessions, forward passes serialised by a lock."""
 
-    def __init__(self, path: Path, name: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: Path, name: str | None = None, threads: int | None = None,
+                 executor: Executor | None = None) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
+        # Where value passes run: the engine's own pool in the proxy, so that long forward passes never
+        # hold the default executor that the rest of the server's blocking work shares. None: to_thread.
+        self.executor = executor
         self.meta = read_meta(self.path)
         if threads:
             torch.set_num_threads(threads)
@@ -109,7 +114,10 @@ class TorchSession:
     _cache: Any = None
 
     async def score(self, prefix: str, continuations: list[str]) -> list[float]:
-        return await asyncio.to_thread(self._score, prefix, continuations)
+        if self.backend.executor is None:
+            return await asyncio.to_thread(self._score, prefix, continuations)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.backend.executor, self._score, prefix, continuations)
 
     def _extend(self, target: list[int]) -> None:
         """Make the cache hold exactly `target` (crop what differs, run what is new)."""

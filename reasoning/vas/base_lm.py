@@ -23,10 +23,18 @@ Messages = list[dict[str, Any]]
 END_TOKENS = frozenset({"", "<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>", "<|end|>"})
 
 
+class BaseLMError(ValueError):
+    """The base model's answer cannot drive VAS (e.g. no log-probabilities); the proxy answers 502."""
+
+
 @dataclass
 class TokenChoice:
     text: str
     logprob: float
+    # Servers that key top log-probabilities by decoded text (llama.cpp's OpenAI API) render the end of
+    # text and every partial UTF-8 byte token alike as "", merged into one entry: such a "" is the end
+    # only when the server confirms it (its greedy token ended the answer); otherwise it is ambiguous.
+    ambiguous: bool = False
 
     @property
     def is_end(self) -> bool:
@@ -45,6 +53,14 @@ class CallStats:
     calls: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    # The prompt's token count as the upstream reported it (usage of a call with no partial answer yet).
+    prompt_tokens: int | None = None
+
+    def note_usage(self, data: dict[str, Any], partial: str) -> None:
+        usage = data.get("usage") or {}
+        value = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if not partial and self.prompt_tokens is None and isinstance(value, int) and value > 0:
+            self.prompt_tokens = value
 
 
 class BaseLM(Protocol):
@@ -96,13 +112,15 @@ class CompletionsLM:
             {"prompt": self.render(messages) + partial, "max_tokens": 1, "logprobs": k, "temperature": 0.0}
         )
         self.stats.tokens += 1
+        self.stats.note_usage(data, partial)
         choice = data["choices"][0]
         tops = (choice.get("logprobs") or {}).get("top_logprobs") or []
         if not tops:
             if choice.get("finish_reason") == "stop":
                 return [TokenChoice("", 0.0)]  # the server ended the answer before any token
-            raise ValueError("upstream returned no top_logprobs")
-        return _top_k([TokenChoice(t, float(lp)) for t, lp in tops[0].items()], k)
+            raise BaseLMError("upstream returned no top_logprobs")
+        cands = [TokenChoice(t, float(lp)) for t, lp in tops[0].items()]
+        return _top_k(_mark_ambiguous(cands, choice.get("finish_reason")), k)
 
     async def sample(
         self, messages: Messages, partial: str, max_tokens: int, temperature: float, top_p: float, seed: int
@@ -117,6 +135,7 @@ class CompletionsLM:
             },
             sampling=True,
         )
+        self.stats.note_usage(data, partial)
         choice = data["choices"][0]
         used = int((data.get("usage") or {}).get("completion_tokens") or 0)
         self.stats.tokens += used
@@ -152,13 +171,17 @@ class ChatPrefillLM:
             {"messages": msgs, **flags, "max_tokens": 1, "logprobs": True, "top_logprobs": k, "temperature": 0.0}
         )
         self.stats.tokens += 1
+        self.stats.note_usage(data, partial)
         choice = data["choices"][0]
         content = ((choice.get("logprobs") or {}).get("content")) or []
         if not content:
             if choice.get("finish_reason") == "stop":
                 return [TokenChoice("", 0.0)]
-            raise ValueError("upstream returned no top_logprobs")
-        return _top_k([TokenChoice(t["token"], float(t["logprob"])) for t in content[0]["top_logprobs"]], k)
+            raise BaseLMError("upstream returned no top_logprobs")
+        cands = [TokenChoice(t["token"], float(t["logprob"])) for t in content[0].get("top_logprobs") or []]
+        if not cands:
+            raise BaseLMError("upstream returned no top_logprobs")
+        return _top_k(_mark_ambiguous(cands, choice.get("finish_reason")), k)
 
     async def sample(
         self, messages: Messages, partial: str, max_tokens: int, temperature: float, top_p: float, seed: int
@@ -168,11 +191,29 @@ class ChatPrefillLM:
             {"messages": msgs, **flags, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed},
             sampling=True,
         )
+        self.stats.note_usage(data, partial)
         choice = data["choices"][0]
         used = int((data.get("usage") or {}).get("completion_tokens") or 0)
         self.stats.tokens += used
         text = (choice.get("message") or {}).get("content") or ""
         return Block(text, choice.get("finish_reason") == "stop", used)
+
+
+def _mark_ambiguous(choices: list[TokenChoice], finish_reason: Any) -> list[TokenChoice]:
+    """Flag a "" candidate unless the server confirmed it: the greedy token was "" and ended the answer.
+
+    These calls decode one greedy token, so finish_reason "stop" says that token ended the answer; a ""
+    that is not the greedy token (or that did not end it) may be a byte token, not the end. Several ""
+    entries in one list are such a collapse seen directly.
+    """
+    empties = [c for c in choices if c.text == ""]
+    if not empties:
+        return choices
+    greedy = max(choices, key=lambda c: c.logprob)
+    for c in empties:
+        if len(empties) > 1 or not (c is greedy and finish_reason == "stop"):
+            c.ambiguous = True
+    return choices
 
 
 def _top_k(choices: list[TokenChoice], k: int) -> list[TokenChoice]:

@@ -53,6 +53,18 @@ class VASSettings(BaseModel):
     # Extra fields for the top-k log-probability calls of `completions` (drop for APIs that reject them).
     logprob_extra: dict[str, Any] = Field(default_factory=lambda: {"min_tokens": 1})
     torch_threads: int = Field(default=1, ge=1, le=256)
+    # Operator bounds on one request (not request fields). A request option above a cap is a 400 naming
+    # it; a request that reaches a budget mid-way stops steering and finishes plainly (one plain
+    # completion of the same prefix, counted within max_upstream_calls), and says so in `rapport`.
+    max_upstream_calls: int = Field(default=512, ge=2, le=100_000)
+    max_value_passes: int = Field(default=512, ge=1, le=100_000)  # one value model scoring one step
+    deadline_s: float = Field(default=60.0, gt=0.0, le=3600.0)  # wall clock for the steered part
+    max_top_k: int = Field(default=50, ge=1, le=100)
+    max_best_of: int = Field(default=8, ge=1, le=64)
+    max_block_candidates: int = Field(default=8, ge=1, le=64)
+    min_block_tokens: int = Field(default=2, ge=1, le=512)
+    # Threads of the executor that value passes run on (their own, so they never starve the default one).
+    value_threads: int = Field(default=2, ge=1, le=64)
     store_file: str = "vas.sqlite3"
     # Where `rapport values train` keeps the dequantized default backbone; None: DATA_DIR/vas/backbones.
     backbone_cache: Path | None = None

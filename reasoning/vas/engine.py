@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reasoning.vas.answer import normalise_stop
 from reasoning.vas.backends import TorchBackend, ValueBackend, ValueBackendDown, VLLMBackend
 from reasoning.vas.base_lm import BaseLM, Messages
+from reasoning.vas.bounds import Limits
 from reasoning.vas.config import VASSettings
 from reasoning.vas.decoding import ComposedValue, DecodeParams, DecodeResult, Emit, decode
 from reasoning.vas.store import ProfileStore
@@ -76,6 +79,8 @@ class VASEngine:
         self.tokenizers: dict[str, Any] = {}
         self.template_tokenizer: Any = None
         self.load_errors: dict[str, str] = {}
+        # Value passes run here, not on the default executor (created on load, shut down on close).
+        self.value_executor: ThreadPoolExecutor | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -83,12 +88,15 @@ class VASEngine:
         """Load every configured value model (blocking; run it in a thread). Failures are kept, not raised."""
         from transformers import AutoTokenizer
 
+        if self.value_executor is None:
+            self.value_executor = ThreadPoolExecutor(self.settings.value_threads, thread_name_prefix="vas-value")
         for entry in self.settings.value_models:
             try:
                 backend: ValueBackend
                 if entry.backend == "torch":
                     assert entry.path is not None
-                    torch_backend = TorchBackend(entry.path, entry.name, self.settings.torch_threads)
+                    torch_backend = TorchBackend(entry.path, entry.name, self.settings.torch_threads,
+                                                 executor=self.value_executor)
                     backend, tokenizer = torch_backend, torch_backend.tokenizer
                 else:
                     assert entry.url is not None
@@ -107,6 +115,8 @@ class VASEngine:
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.close()
+        if self.value_executor is not None:
+            self.value_executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
     async def ready(self) -> tuple[bool, str]:
@@ -138,6 +148,7 @@ class VASEngine:
         if unknown:
             raise VASOptionError(f"Unknown value model(s): {', '.join(unknown)}", "rapport.vas.weights")
         beta = req.beta if req.beta is not None else (profile.beta if profile and profile.beta is not None else s.beta)
+        self._check_caps(req)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or s.max_tokens
         try:
             params = DecodeParams(
@@ -152,11 +163,42 @@ class VASEngine:
                 block_candidates=req.block_candidates or s.block_candidates,
                 block_select=req.block_select or "softmax",
                 best_of=req.best_of or s.best_of,
+                stop=normalise_stop(body.get("stop")),
             )
         except ValidationError as exc:
             err = exc.errors()[0]
             raise VASOptionError(f"Invalid sampling option for VAS: {err['msg']}", str(err["loc"][0])) from exc
         return Plan(params, {k: v for k, v in weights.items() if v != 0.0}, source)
+
+    def _check_caps(self, req: VASRequest) -> None:
+        """The operator's caps on what a request may ask (400 naming the option, never a silent clamp)."""
+        s = self.settings
+        over = [
+            ("top_k", req.top_k, s.max_top_k),
+            ("best_of", req.best_of, min(s.max_best_of, s.max_upstream_calls)),
+            # A block step keeps one call in reserve for the plain finish.
+            ("block_candidates", req.block_candidates, min(s.max_block_candidates, s.max_upstream_calls - 1)),
+        ]
+        for name, value, cap in over:
+            if value is not None and value > cap:
+                raise VASOptionError(f"rapport.vas.{name}={value} is above this server's cap of {cap}",
+                                     f"rapport.vas.{name}")
+        if req.block_tokens is not None and req.block_tokens < s.min_block_tokens:
+            raise VASOptionError(
+                f"rapport.vas.block_tokens={req.block_tokens} is below this server's minimum of {s.min_block_tokens}",
+                "rapport.vas.block_tokens",
+            )
+
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(s.max_upstream_calls, s.max_value_passes, s.deadline_s)
+
+    def count_prompt_tokens(self, messages: Messages) -> int | None:
+        """The prompt's tokens by the template tokenizer, for upstreams that report no usage."""
+        if self.template_tokenizer is None:
+            return None
+        text = render_prompt(self.template_tokenizer, messages)
+        return len(self.template_tokenizer(text, add_special_tokens=False).input_ids)
 
     def compose(self, weights: dict[str, float], messages: Messages) -> ComposedValue | None:
         parts = []
@@ -171,7 +213,7 @@ class VASEngine:
     async def run(self, base: BaseLM, messages: Messages, plan: Plan, emit: Emit | None = None) -> DecodeResult:
         value = self.compose(plan.weights, messages) if plan.params.beta > 0 else None
         try:
-            return await decode(base, messages, value, plan.params, emit)
+            return await decode(base, messages, value, plan.params, emit, self.limits())
         finally:
             if value is not None:
                 value.close()
