@@ -95,6 +95,10 @@ class MemorySettings(BaseModel):
     summary_item_chars: int = Field(default=300, ge=20)  # each item is cut to this in the prompt
     summary_max_words: int = Field(default=120, ge=10)
     summary_max_tokens: int = Field(default=320, ge=16)
+    # The most characters a stored summary keeps, whatever the utility LLM returned (an upstream that ignores
+    # max_tokens would otherwise grow the summary, and with it the next summary prompt, every job).
+    # None: 10 characters per allowed word (summary_max_words), about twice what an honest summary needs.
+    summary_max_chars: int | None = Field(default=None, ge=100)
     summary_model: str | None = None  # None: the default upstream
     # With a summary present, retrieve only this fraction of k raw items (the paper's 75% less raw data).
     summary_item_fraction: float = Field(default=1.0, gt=0, le=1)
@@ -114,3 +118,7 @@ class MemorySettings(BaseModel):
     # Background job queue shared with RPM.
     job_workers: int = Field(default=1, ge=1, le=16)
     job_max_attempts: int = Field(default=3, ge=1, le=20)
+
+    @property
+    def summary_char_cap(self) -> int:
+        return self.summary_max_chars or self.summary_max_words * 10

@@ -15,7 +15,7 @@ from memory.compose import quote
 from memory.config import MemorySettings
 from memory.embedding import Embedder, Vectors
 from memory.jobs import Job, Progress
-from memory.llm import ChatLLM
+from memory.llm import ChatLLM, bounded, cap_text
 
 if TYPE_CHECKING:
     from memory.service import MemoryService
@@ -52,6 +52,9 @@ def build_prompt(settings: MemorySettings, task: str, texts: list[str], previous
     spec = settings.tasks.get(task) or settings.tasks[settings.default_task]
     cut = settings.summary_item_chars
     lines = "\n".join(f"- {quote(t if len(t) <= cut else t[:cut] + '…')}" for t in texts)
+    if previous:
+        # A version stored before summaries were capped (or imported) must not grow this prompt either.
+        previous, _ = cap_text(previous, settings.summary_char_cap, at_word=True)
     return spec.prompt.format(
         task_description=spec.description,
         max_words=settings.summary_max_words,
@@ -82,12 +85,19 @@ def make_handler(
             return
         prompt = build_prompt(settings, task, user_texts, previous)
         await progress(0.2, f"summarizing {len(user_texts)} items")
-        result = await llm_factory().chat(
+        result = await bounded(llm_factory()).chat(
             [{"role": "user", "content": prompt}], max_tokens=settings.summary_max_tokens, temperature=0.2
         )
         text = clean_summary(result.text)
         if not text:
             raise RuntimeError("the utility LLM returned an empty summary")
+        # The stored version is fed back into the next job's prompt: it keeps its cap whatever came back.
+        text, cut = cap_text(text, settings.summary_char_cap, at_word=True)
+        if cut:
+            log.warning(
+                "summary for %s/%s (task %s) cut to %d characters", job.tenant, job.user, task,
+                settings.summary_char_cap,
+            )
         # Raises JobCancelled if the user was forgotten meanwhile: nothing is written then.
         await progress(0.9, "saving")
         model = str(result.raw.get("model")) if result.raw.get("model") else None

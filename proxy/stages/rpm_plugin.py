@@ -78,8 +78,9 @@ class RPMStage:
             return False
         if self.conditioning(ctx):
             return True
-        # Not conditioning, but still learning from the exchange (as memory does).
-        return self._settings.rpm.learn_from_exchanges == "always" and ctx.options.record
+        # Not conditioning, but still learning from the exchange (only when the operator opted into that).
+        rpm = self._settings.rpm
+        return rpm.learn_from_model_answers and rpm.learn_from_exchanges == "always" and ctx.options.record
 
     async def before(self, ctx: RequestContext) -> dict[str, Any]:
         options = parse_options(ctx.options.rpm)
@@ -109,6 +110,10 @@ class RPMStage:
             ctx.body["prompt"] = f"{system}\n\n{ctx.body['prompt']}"
 
     async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
+        # The exchange's response is the model's answer, not the user's: learnt only when the operator
+        # opted into that (rpm.learn_from_model_answers, off by default; see RPMSettings for why).
+        if not self._settings.rpm.learn_from_model_answers:
+            return
         mode = self._settings.rpm.learn_from_exchanges
         if ctx.user is None or mode == "never" or (mode == "when_enabled" and not self.conditioning(ctx)):
             return

@@ -30,16 +30,28 @@ class RPMSettings(BaseModel):
     min_factor_support: int = Field(default=1, ge=1)
     # Keyphrases the cheap extractor keeps per input.
     cheap_keyphrases: int = Field(default=4, ge=1, le=20)
-    # How many malformed outputs to retry before skipping an entry (the paper's robustness rule: once).
     # Keep only extracted features whose value or evidence can be found in the input (no invented records).
     require_grounding: bool = True
+    # How many malformed outputs to retry before skipping an entry (the paper's robustness rule: once).
     llm_retries: int = Field(default=1, ge=0, le=3)
+    # Token budgets of the utility-LLM calls; a reply is cut on Rapport's side to about 6 characters a token
+    # whatever the upstream did with max_tokens (memory.llm.bounded).
     extract_max_tokens: int = Field(default=256, ge=16)
     reasoning_max_tokens: int = Field(default=200, ge=16)
+    # The most characters a stored reasoning path keeps (LLM-written or template): paths are re-fed into
+    # every conditioned request's system message.
+    path_max_chars: int = Field(default=1200, ge=100)
     # Return the model's reasoning to the client by default, or keep it out of the final message.
     return_reasoning: bool = False
-    # Learn from chat exchanges: "always" (every recorded exchange of a named user, as memory does),
-    # "when_enabled" (only requests where RPM conditioning is on) or "never" (imported history only).
+    # Learn from chat exchanges, storing (user message, the MODEL's answer) as a history entry. Off by default,
+    # and to be turned on only knowingly: RPM's method learns from the user's own responses, and an
+    # exchange's response is the model's, so the factors and reasoning paths learnt from it describe the
+    # model, not the user, and are fed back into the model on the next request (a loop that reinforces
+    # whatever it first said). By default history comes only from what the user supplied: labelled imports
+    # (POST /admin/users/{user}/history).
+    learn_from_model_answers: bool = False
+    # Which exchanges, when learn_from_model_answers is on: "always" (every recorded exchange of a named user,
+    # as memory does), "when_enabled" (only requests where RPM conditioning is on) or "never".
     # Learning costs 2-4 utility-LLM calls per exchange, so it is not spent on users RPM is not used for.
     learn_from_exchanges: Literal["always", "when_enabled", "never"] = "when_enabled"
     # Exchanges longer than this are not learnt from (a pasted document is not a labelled decision).

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from memory.embedding import Embedder
+from memory.llm import cap_text
 from reasoning.rpm.config import RPMSettings
 from reasoning.rpm.extract import ExtractionResult, KeyphraseExtractor, LLMFeatureExtractor
 from reasoning.rpm.factors import build_factors
@@ -122,6 +123,10 @@ class Builder:
                 path = await self.writer.write(entry.input, entry.response, entry.features, factors)
                 report.llm_calls += 1 if path.source == "llm" else self.writer.retries + 1
                 text, source = path.text, path.source
+            # Paths are re-fed into every conditioned request: stored within their cap, whatever wrote them.
+            text, cut = cap_text(text, self.settings.path_max_chars, at_word=True)
+            if cut:
+                log.warning("reasoning path of entry %d cut to %d characters", entry.id, self.settings.path_max_chars)
             vec = (await self.embedder.embed([text[:2000]]))[0]
             await asyncio.to_thread(self.store.set_path, tenant, user, entry.id, text, source, vec)
             await asyncio.to_thread(self.store.set_status, tenant, user, entry.id, "done", None)

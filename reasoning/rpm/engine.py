@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memory.embedding import Embedder
-from memory.llm import ChatLLM
+from memory.llm import ChatLLM, bounded
 from reasoning.rpm.config import RPMSettings
 from reasoning.rpm.construct import Builder, BuildReport, Progress, feature_texts
 from reasoning.rpm.extract import ExtractionResult, KeyphraseExtractor, LLMFeatureExtractor
@@ -20,6 +20,7 @@ from reasoning.rpm.generate import REASONING_INSTRUCTION
 from reasoning.rpm.models import Feature, HistoryItem, RPMRequestOptions
 from reasoning.rpm.prompts import PromptLibrary
 from reasoning.rpm.reasoning import ReasoningWriter
+from reasoning.rpm.render import example_block, features_line
 from reasoning.rpm.retrieve import Hit, feature_level, query_weights, text_level
 from reasoning.rpm.store import RPMStore
 
@@ -46,6 +47,9 @@ class RPMEngine:
         self.settings = settings
         self.store = store
         self.embedder = embedder
+        # Bounded: extractions and reasoning paths are stored and re-fed into prompts, so a reply longer
+        # than its call's max_tokens allows is cut here, whatever the upstream did.
+        llm = bounded(llm) if llm is not None else None
         self.llm = llm
         self.prompts = prompts or PromptLibrary(settings.prompts_dir)
         self.cheap = KeyphraseExtractor(
@@ -188,22 +192,14 @@ class RPMEngine:
         by_id = {e.id: e for e in entries}
         shown = factors[: self.settings.max_factors_in_prompt]
         factor_text = "\n".join(describe_factor(f.name, f.stats) for f in shown) or "- (none yet)"
-        blocks = []
-        for n, hit in enumerate(hits, 1):
-            entry = by_id.get(hit.entry_id)
-            if entry is None:
-                continue
-            feats = "; ".join(f"{f.name}={f.value}" for f in entry.features) or "(none)"
-            path = entry.reasoning.text if entry.reasoning else "(no reasoning recorded)"
-            blocks.append(
-                f"Example {n}:\nInput: {entry.input[:600]}\nFeatures: {feats}\nReasoning: {path}\n"
-                f"This person answered: {entry.response[:400]}"
-            )
+        # Stored text goes in quoted (reasoning/rpm/render.py): it is data about the user, never instructions.
+        found = [by_id[h.entry_id] for h in hits if h.entry_id in by_id]
+        blocks = [example_block(n, entry) for n, entry in enumerate(found, 1)]
         system = self.prompts.render(
             "generate",
             factors=factor_text,
             examples="\n\n".join(blocks) or "(no similar past inputs)",
-            query_features="; ".join(f"{f.name}={f.value}" for f in qfeatures) or "(none found)",
+            query_features=features_line(qfeatures, "(none found)"),
             reasoning_instruction=REASONING_INSTRUCTION,
         )
         details.update(

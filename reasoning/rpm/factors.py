@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from memory.compose import quote
 from reasoning.rpm.models import FactorStats, StoredFeature, ValueStat
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -58,18 +59,44 @@ def _eta_squared(groups: dict[str, list[float]]) -> float | None:
     return round(max(0.0, (between - (k - 1) * within_ms) / total), 4)
 
 
+# A category must be seen at least this often to count as repeating (see _cramers_v).
+MIN_REPEATS = 2
+
+
+def _repeating(labels: list[str]) -> int:
+    return sum(1 for n in Counter(labels).values() if n >= MIN_REPEATS)
+
+
 def _cramers_v(pairs: list[tuple[str, str]]) -> float | None:
-    rows = sorted({a for a, _ in pairs})
-    cols = sorted({b for _, b in pairs})
-    if len(rows) < 2 or len(cols) < 2 or len(pairs) - len(rows) < 2:
+    """Bias-corrected Cramér's V (Bergsma 2013) between a factor's value and the user's response label.
+
+    Plain V is biased upwards in sparse tables: when responses never repeat (free text) every row is
+    "perfectly predictive" and V is 1.0 for pure noise. The correction subtracts chi²'s expectation under
+    independence from phi² and shrinks the table's dimensions to match.
+
+    None (no estimate, not 0 or 1) unless at least two responses and at least two factor values each occur
+    at least twice: an association is a claim that a response recurs with a value, and a category seen once
+    cannot recur, so with fewer than two repeating categories on either side there is no contrast to measure
+    (a single repeating response against singletons says nothing about which value brings it).
+    """
+    if _repeating([b for _, b in pairs]) < 2 or _repeating([a for a, _ in pairs]) < 2:
         return None
-    table = np.zeros((len(rows), len(cols)))
+    row_index = {a: i for i, a in enumerate(sorted({a for a, _ in pairs}))}
+    col_index = {b: j for j, b in enumerate(sorted({b for _, b in pairs}))}
+    table = np.zeros((len(row_index), len(col_index)))
     for a, b in pairs:
-        table[rows.index(a), cols.index(b)] += 1
-    n = table.sum()
+        table[row_index[a], col_index[b]] += 1
+    n = float(table.sum())
+    r, k = table.shape
     expected = table.sum(axis=1, keepdims=True) @ table.sum(axis=0, keepdims=True) / n
     chi2 = float(((table - expected) ** 2 / expected).sum())
-    return round(float(np.sqrt(chi2 / (n * (min(table.shape) - 1)))), 4)
+    phi2 = max(0.0, chi2 / n - (k - 1) * (r - 1) / (n - 1))
+    r_corr = r - (r - 1) ** 2 / (n - 1)
+    k_corr = k - (k - 1) ** 2 / (n - 1)
+    denominator = min(k_corr - 1, r_corr - 1)
+    if denominator <= 0:
+        return None
+    return round(min(1.0, float(np.sqrt(phi2 / denominator))), 4)
 
 
 def factor_stats(
@@ -112,6 +139,13 @@ def factor_stats(
     )
 
 
+def influence_order(row: tuple[str, list[str], FactorStats, np.ndarray, list[int]]) -> tuple[float, int, str]:
+    """Most influential first. An absent association (too little repetition to estimate one) ranks as no
+    evidence of influence, i.e. with 0.0, and ties go to the factor seen in more entries."""
+    title, _, stats, _, _ = row
+    return (-(stats.association if stats.association is not None else 0.0), -stats.entries, title)
+
+
 def build_factors(
     features: list[StoredFeature],
     name_vecs: np.ndarray,
@@ -148,23 +182,27 @@ def build_factors(
         stats = factor_stats(members, responses, constructed)
         ordered = sorted(member_set, key=lambda n: (-counts[n], n))
         rows.append((title, ordered, stats, centroid.astype(np.float32), [f.id for f in members]))
-    rows.sort(key=lambda r: (-(r[2].association or 0.0), -r[2].entries, r[0]))
+    rows.sort(key=influence_order)
     return rows
 
 
 def describe_factor(name: str, stats: FactorStats, max_values: int = 4) -> str:
-    """One line per factor for prompts: frequency, values, how responses vary."""
+    """One line per factor for prompts: frequency, values, how responses vary.
+
+    The name, values and responses come from the user's history, so each is a quoted literal (memory's
+    `quote`); an absent association is left out rather than shown as a number.
+    """
     parts = []
     for v in stats.values[:max_values]:
         if stats.numeric_responses and v.response_mean is not None:
-            parts.append(f"{v.value} (x{v.count}, avg response {v.response_mean:g})")
+            parts.append(f"{quote(v.value)} (x{v.count}, avg response {v.response_mean:g})")
         elif v.top_responses:
             top = v.top_responses[0]
-            parts.append(f"{v.value} (x{v.count}, usually '{top[0]}')")
+            parts.append(f"{quote(v.value)} (x{v.count}, usually {quote(top[0])})")
         else:
-            parts.append(f"{v.value} (x{v.count})")
+            parts.append(f"{quote(v.value)} (x{v.count})")
     assoc = "" if stats.association is None else f"; influence on responses {stats.association:.2f}"
-    return f"- {name}: seen in {stats.frequency:.0%} of history{assoc}; values: " + ", ".join(parts)
+    return f"- {quote(name)}: seen in {stats.frequency:.0%} of history{assoc}; values: " + ", ".join(parts)
 
 
 def value_note(stats: FactorStats, value: str) -> str | None:

@@ -85,8 +85,9 @@ class FactorStats(BaseModel):
     entries: int  # history entries in which the factor appears
     frequency: float  # share of the user's constructed history
     values: list[ValueStat] = Field(default_factory=list)
-    # 0..1: how much the response varies with the factor's value (eta² for numeric responses,
-    # Cramér's V otherwise); None when there is too little data to say.
+    # 0..1: how much the response varies with the factor's value (bias-adjusted eta² for numeric responses,
+    # bias-corrected Cramér's V otherwise); None (absent, not 0) when responses or values repeat too little
+    # to estimate one (reasoning/rpm/factors.py).
     association: float | None = None
     numeric_responses: bool = False
 

@@ -78,7 +78,7 @@ def test_construction_and_conditioning_with_smollm2(make_rapport, recorder: Reco
     sent = recorder.chat_bodies()[before:]
     final = sent[-1]
     system = final["messages"][0]
-    assert system["role"] == "system" and "- genre:" in system["content"]
+    assert system["role"] == "system" and '- "genre":' in system["content"]
     assert "avg response" in system["content"] and "Example 1:" in system["content"]
     assert final["messages"][-1]["content"].endswith("Genre: horror. Length: short.")
     stage = next(s for s in result.model_extra["rapport"]["stages"] if s["name"] == "rpm")

@@ -62,18 +62,19 @@ async def test_conditioning_carries_factors_statistics_and_paths(make_engine) ->
     engine = await _engine(make_engine, scripted())
     cond = await engine.condition("t", "u", QUERY, RPMRequestOptions(top_k=1, mode="llm"))
     assert cond.system is not None and cond.details["used"]
-    assert "- cuisine:" in cond.system and "avg response" in cond.system
+    assert '- "cuisine":' in cond.system and "avg response" in cond.system
     assert MATCH in cond.system and LOOKALIKE not in cond.system
     assert "Pricey seafood is what this person loves" in cond.system
-    assert "<reasoning>" in cond.system and "cuisine=seafood" in cond.system
+    assert "<reasoning>" in cond.system and '"cuisine" = "seafood"' in cond.system
     assert cond.details["examples"][0]["entry_id"] == next(
         e.id for e in engine.store.entries("t", "u") if e.input == MATCH
     )
 
 
 async def test_over_budget_extraction_falls_back_and_says_so(make_engine) -> None:
-    engine = await _engine(make_engine, scripted())
-    engine.llm_extractor.llm.delay_s = 2.0  # the model is now slower than the budget
+    llm = scripted()
+    engine = await _engine(make_engine, llm)
+    llm.delay_s = 2.0  # the model is now slower than the budget
     cond = await engine.condition("t", "u", QUERY, RPMRequestOptions(top_k=2, mode="auto", budget_ms=50))
     assert "over the 50 ms budget" in cond.details["fallback"]
     assert cond.details["extractor"] == "cheap" and cond.system is not None

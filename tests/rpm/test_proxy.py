@@ -38,7 +38,7 @@ PATHS = [
 
 @pytest.fixture()
 def built(make_rapport, scripted_upstream) -> Any:
-    h = make_rapport(plugins=RPM_ONLY, rpm={"learn_from_exchanges": "always"})
+    h = make_rapport(plugins=RPM_ONLY, rpm={"learn_from_model_answers": True, "learn_from_exchanges": "always"})
     scripted_upstream.script(*(Reply(content=c) for c in EXTRACTIONS + PATHS))
     with admin(h) as client:
         r = client.post(f"/admin/users/alice/history?tenant={TENANT}", json={"items": HISTORY})
@@ -103,7 +103,7 @@ def test_chat_request_is_conditioned_on_factors_and_paths(built, scripted_upstre
     final = scripted_upstream.requests[1].json
     system = final["messages"][0]
     assert system["role"] == "system"
-    assert "- cuisine:" in system["content"] and "avg response 4.5" in system["content"]
+    assert '- "cuisine":' in system["content"] and "avg response 4.5" in system["content"]
     assert "Seafood is their favourite" in system["content"]  # a retrieved reasoning path
     assert "Blue Fin" in system["content"] and "<reasoning>" in system["content"]
     assert final["messages"][-1]["content"] == "Rate: Harbor Shack, a seafood restaurant, cheap."
@@ -177,7 +177,7 @@ def test_reasoning_is_kept_out_of_the_answer_unless_asked(built, scripted_upstre
 
 
 def test_opted_out_and_unrecorded_exchanges_are_not_learnt(make_rapport, scripted_upstream) -> None:
-    h = make_rapport(plugins=RPM_ONLY, rpm={"learn_from_exchanges": "always"})
+    h = make_rapport(plugins=RPM_ONLY, rpm={"learn_from_model_answers": True, "learn_from_exchanges": "always"})
     client = openai.OpenAI(base_url=h.base_url, api_key=h.api_key)
     for extra in ({"rapport": {"rpm": False}}, {"rapport": {"record": False}}):
         result = client.chat.completions.create(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from memory.llm import ChatLLM
+from memory.llm import ChatLLM, bounded
 
 _NUMBER = re.compile(r"\b(10|[1-9])\b")
 
@@ -18,7 +16,8 @@ class LLMJudgeReward:
     name = "llm_judge"
 
     def __init__(self, llm: ChatLLM, criterion: str = "helpful, correct and concise") -> None:
-        self.llm = llm
+        # Bounded: an upstream that ignores max_tokens=4 must not hand a megabyte to the score parser.
+        self.llm = bounded(llm)
         self.criterion = criterion
 
     def _messages(self, prompt: str, response: str) -> list[dict[str, str]]:
