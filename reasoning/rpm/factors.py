@@ -63,11 +63,12 @@ def _eta_squared(groups: dict[str, list[float]]) -> float | None:
 MIN_REPEATS = 2
 
 
-def _repeating(labels: list[str]) -> int:
-    return sum(1 for n in Counter(labels).values() if n >= MIN_REPEATS)
+def _repeating(labelled: set[tuple[int, str]]) -> int:
+    """How many labels are carried by at least MIN_REPEATS distinct entries (`labelled`: (entry, label))."""
+    return sum(1 for n in Counter(label for _, label in labelled).values() if n >= MIN_REPEATS)
 
 
-def _cramers_v(pairs: list[tuple[str, str]]) -> float | None:
+def _cramers_v(triples: list[tuple[int, str, str]]) -> float | None:
     """Bias-corrected Cramér's V (Bergsma 2013) between a factor's value and the user's response label.
 
     Plain V is biased upwards in sparse tables: when responses never repeat (free text) every row is
@@ -77,10 +78,15 @@ def _cramers_v(pairs: list[tuple[str, str]]) -> float | None:
     None (no estimate, not 0 or 1) unless at least two responses and at least two factor values each occur
     at least twice: an association is a claim that a response recurs with a value, and a category seen once
     cannot recur, so with fewer than two repeating categories on either side there is no contrast to measure
-    (a single repeating response against singletons says nothing about which value brings it).
+    (a single repeating response against singletons says nothing about which value brings it). Repetition
+    is counted in distinct entries: an entry with three values of the factor repeats its response three
+    times in the table, which is not the response recurring.
+
+    `triples`: (entry id, factor value, response label), one per value of the factor in an entry.
     """
-    if _repeating([b for _, b in pairs]) < 2 or _repeating([a for a, _ in pairs]) < 2:
+    if _repeating({(e, b) for e, _, b in triples}) < 2 or _repeating({(e, a) for e, a, _ in triples}) < 2:
         return None
+    pairs = [(a, b) for _, a, b in triples]
     row_index = {a: i for i, a in enumerate(sorted({a for a, _ in pairs}))}
     col_index = {b: j for j, b in enumerate(sorted({b for _, b in pairs}))}
     table = np.zeros((len(row_index), len(col_index)))
@@ -128,7 +134,7 @@ def factor_stats(
         )
     else:
         association = _cramers_v(
-            [(k, response_label(responses[e])) for k, eids in by_value.items() for e in eids if e in responses]
+            [(e, k, response_label(responses[e])) for k, eids in by_value.items() for e in eids if e in responses]
         )
     return FactorStats(
         entries=len(entries),
