@@ -53,9 +53,10 @@ sys.path.insert(0, str(ROOT))
 from bench import rpm_eval_report as rep  # noqa: E402
 from memory.embedding import SentenceTransformerEmbedder  # noqa: E402
 from memory.llm import LLMResult  # noqa: E402
+from rapport.core.messages import append_system  # noqa: E402
 from reasoning.rpm.config import RPMSettings  # noqa: E402
 from reasoning.rpm.engine import RPMEngine  # noqa: E402
-from reasoning.rpm.generate import CLOSE, OPEN, inject_system  # noqa: E402
+from reasoning.rpm.generate import CLOSE, OPEN  # noqa: E402
 from reasoning.rpm.models import HistoryItem, RPMRequestOptions  # noqa: E402
 from reasoning.rpm.store import RPMStore  # noqa: E402
 
@@ -217,7 +218,7 @@ def text_topk(embedder: SentenceTransformerEmbedder, k: int) -> Prepare:
             f"Input: {user.history[i].input}\nThis person answered: {user.history[i].response}" for i in order
         )
         block = f"Past answers of this person to similar inputs:\n\n{shots}"
-        return inject_system(messages, block), [int(user.history[i].response) for i in order]
+        return append_system(messages, block), [int(user.history[i].response) for i in order]
 
     return prepare
 
@@ -264,7 +265,7 @@ async def setup_rpm(ctx: Context, user: User, mode: str) -> tuple[Prepare, dict[
         shots = [int(entries[i].response) for i in ids if i in entries]
         detail = {k: cond.details.get(k) for k in ("extractor", "retrieval", "fallback")}
         prepare.last_detail = detail  # type: ignore[attr-defined]
-        return (inject_system(messages, cond.system) if cond.system else messages), shots
+        return (append_system(messages, cond.system) if cond.system else messages), shots
 
     return prepare, info
 

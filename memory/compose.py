@@ -1,4 +1,5 @@
-"""Composing retrieved items and a summary into the request's system message, as quoted dated data.
+"""Composing retrieved items and a summary into one block of quoted, dated data (placed in the request by
+rapport.core.messages.append_system).
 
 Each item is rendered as one line holding a JSON string literal, so newlines and quotes inside it cannot
 start a new line of the block, and any text that could open or close the memory block is escaped.
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
-from typing import Any
 
 from memory.items import MemoryItem
 from memory.retrieval import estimate_tokens, fit_budget
@@ -51,6 +52,17 @@ def render_summary(text: str, task: str) -> str:
     return f"Summary of the user (task: {task}): {quote(text)}\n"
 
 
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """A composed block: its text, how many of the items it holds, its estimated tokens, and whether the
+    summary is in it (only what is in the block is reported as injected)."""
+
+    text: str = ""
+    items_used: int = 0
+    tokens: int = 0
+    summary_used: bool = False
+
+
 class Composer:
     def __init__(self, template_path: Path | None = None) -> None:
         self.path = template_path or PACKAGED_TEMPLATE
@@ -65,15 +77,24 @@ class Composer:
             self._template = Template(self.path.read_text(encoding="utf-8"))
             self._mtime = mtime
 
-    def block(
-        self, items: list[MemoryItem], summary: str | None, task: str, budget: int
-    ) -> tuple[str, int, int]:
-        """(block text, items used, estimated tokens) within `budget` tokens; empty when nothing fits."""
+    def summary_fits(self, summary: str, task: str, budget: int) -> bool:
+        """Whether the summary line fits `budget` tokens beside the template's frame.
+
+        Asked before retrieval, so that a summary that will not be shown neither shrinks `k` nor is reported.
+        """
+        self._reload()
+        return estimate_tokens(self._frame()) + estimate_tokens(render_summary(summary, task)) <= budget
+
+    def _frame(self) -> str:
+        return self._template.safe_substitute(summary="", items="")
+
+    def block(self, items: list[MemoryItem], summary: str | None, task: str, budget: int) -> Composed:
+        """The block within `budget` tokens (the summary first, then as many items as fit); empty when
+        nothing fits."""
         self._reload()
         if not items and not summary:
-            return "", 0, 0
-        frame = self._template.safe_substitute(summary="", items="")
-        remaining = budget - estimate_tokens(frame)
+            return Composed()
+        remaining = budget - estimate_tokens(self._frame())
         summary_text = ""
         if summary:
             candidate = render_summary(summary, task)
@@ -83,24 +104,6 @@ class Composer:
         lines = [render_item(item) for item in items]
         used = fit_budget(lines, remaining)
         if not summary_text and used == 0:
-            return "", 0, 0
+            return Composed()
         text = self._template.safe_substitute(summary=summary_text, items="".join(lines[:used]))
-        return text, used, estimate_tokens(text)
-
-
-def merge_system(messages: list[dict[str, Any]], block: str) -> list[dict[str, Any]]:
-    """Append the block to the leading system/developer message, or insert a system message first."""
-    if not block:
-        return messages
-    out = list(messages)
-    if out and out[0].get("role") in ("system", "developer"):
-        first = dict(out[0])
-        content = first.get("content")
-        if isinstance(content, list):
-            first["content"] = [*content, {"type": "text", "text": block}]
-        else:
-            first["content"] = f"{content}\n\n{block}" if content else block
-        out[0] = first
-    else:
-        out.insert(0, {"role": "system", "content": block})
-    return out
+        return Composed(text, used, estimate_tokens(text), bool(summary_text))

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.catalog import Catalog, Summary, UserRecord
-from memory.compose import Composer, merge_system
+from memory.compose import Composer
 from memory.config import MemorySettings
 from memory.embedding import Embedder, Vectors
 from memory.items import MemoryItem
@@ -27,9 +27,10 @@ from memory.llm import ChatLLM
 from memory.redact import Redactor, regex_redactor
 from memory.retrieval import mmr, score
 from memory.staging import StagedStore
-from memory.store import ChromaStore, MemoryStore
+from memory.store import ChromaStore, Hit, MemoryStore
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
 from memory.writer import IngestWriter
+from rapport.core.messages import append_system, last_user_text
 
 log = logging.getLogger("rapport.memory")
 T = TypeVar("T")
@@ -58,9 +59,12 @@ class Retrieval:
     ms: float = 0.0
     embed_ms: float = 0.0
     search_ms: float = 0.0
+    # Why a part was left out: similarity retrieval (no query text), the summary (over the budget).
+    skipped: str | None = None
+    summary_skipped: str | None = None
 
     def details(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "task": self.task,
             "items": len(self.items),
             "item_ids": [it.id for it in self.items],
@@ -71,24 +75,11 @@ class Retrieval:
             "embed_ms": round(self.embed_ms, 3),
             "search_ms": round(self.search_ms, 3),
         }
-
-
-def message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message_text(message)
-    return ""
+        if self.skipped:
+            out["skipped"] = self.skipped
+        if self.summary_skipped:
+            out["summary_skipped"] = self.summary_skipped
+        return out
 
 
 class MemoryService:
@@ -228,16 +219,27 @@ class MemoryService:
         options = options or MemoryOptions()
         k = self.settings.top_k if options.k is None else options.k
         budget = self.settings.token_budget if options.budget is None else options.budget
-        vector = (await self.embedder.embed([query or " "]))[0]
+        # No query text (an image-only turn): there is nothing to be similar to, so no item is retrieved
+        # (embedding a placeholder would inject whatever happens to be nearest). The summary still may be:
+        # it describes the user for the task, whatever the turn says, so it is the one thing worth adding.
+        vector = (await self.embedder.embed([query]))[0] if query.strip() else None
         embedded = time.perf_counter()
-        task = options.task or await self.tasks.infer(vector)
+        task = options.task or self.settings.default_task
+        if options.task is None and vector is not None:
+            task = await self.tasks.infer(vector)
         summary = None
         if options.summary and self.settings.summaries:
             summary = await self._io(self.catalog.latest_summary, tenant, user, task)
+        summary_skipped = None
+        if summary is not None and not self.composer.summary_fits(summary.text, task, budget):
+            # Decided before retrieval: a summary that will not be shown must not cost the request items.
+            summary, summary_skipped = None, "does not fit the token budget"
         if summary is not None:
             k = math.ceil(k * self.settings.summary_item_fraction)
-        n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
-        hits = await self._io(self.store.query, tenant, user, vector, n) if k > 0 else []
+        hits: list[Hit] = []
+        if vector is not None and k > 0:
+            n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
+            hits = await self._io(self.store.query, tenant, user, vector, n)
         searched = time.perf_counter()
         hits = [h for h in hits if h.similarity >= self.settings.min_similarity]
         scores = score(
@@ -246,9 +248,17 @@ class MemoryService:
             recency_weight=self.settings.recency_weight,
         )
         chosen = [hits[i].item for i in mmr(hits, scores, k, self.settings.mmr_lambda)]
-        block, used, tokens = self.composer.block(chosen, summary.text if summary else None, task, budget)
-        result = Retrieval(task=task, items=chosen[:used], summary=summary if block and summary else None)
-        result.block, result.tokens, result.candidates = block, tokens, len(hits)
+        composed = self.composer.block(chosen, summary.text if summary else None, task, budget)
+        result = Retrieval(
+            task=task,
+            items=chosen[: composed.items_used],
+            summary=summary if composed.summary_used else None,
+            block=composed.text,
+            tokens=composed.tokens,
+            candidates=len(hits),
+            skipped=None if vector is not None else "no text in the last user message",
+            summary_skipped=summary_skipped,
+        )
         result.ms = (time.perf_counter() - started) * 1000.0
         result.embed_ms = (embedded - started) * 1000.0
         result.search_ms = (searched - embedded) * 1000.0
@@ -257,8 +267,9 @@ class MemoryService:
     async def compose(
         self, tenant: str, user: str, messages: list[dict[str, Any]], options: MemoryOptions | None = None
     ) -> tuple[list[dict[str, Any]], Retrieval]:
+        """The messages with the memory block added to their one leading system message, and what was added."""
         retrieval = await self.retrieve(tenant, user, last_user_text(messages), options)
-        return merge_system(messages, retrieval.block), retrieval
+        return append_system(messages, retrieval.block), retrieval
 
     # -- summaries ----------------------------------------------------------------------------------
 

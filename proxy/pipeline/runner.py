@@ -52,6 +52,7 @@ class Pipeline:
 
     @staticmethod
     def finalize_text(ctx: RequestContext, ran: list[Stage], text: str) -> str:
+        """One choice's final text as the client sees it (the serving calls it for every choice)."""
         for stage in ran:
             if isinstance(stage, AnswerRewritingStage):
                 text = stage.finalize_text(ctx, text)
@@ -59,6 +60,7 @@ class Pipeline:
 
     @staticmethod
     def stream_filters(ctx: RequestContext, ran: list[Stage]) -> list[TextFilter]:
+        """A fresh chain of the stages' filters, for one streamed choice (filters hold per-choice state)."""
         filters = [stage.stream_filter(ctx) for stage in ran if isinstance(stage, AnswerRewritingStage)]
         return [f for f in filters if f is not None]
 

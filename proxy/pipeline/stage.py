@@ -54,7 +54,8 @@ class GeneratingStage(Stage, Protocol):
 
 
 class TextFilter(Protocol):
-    """Rewrites streamed content deltas (e.g. to keep reasoning out of the answer)."""
+    """Rewrites the streamed content deltas of one choice (e.g. to keep reasoning out of the answer);
+    `flush` returns what it still holds when that choice finishes."""
 
     def feed(self, delta: str) -> str: ...
 

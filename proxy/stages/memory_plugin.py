@@ -59,22 +59,14 @@ class MemoryStage:
         if options.task is None and ctx.options.task is not None:
             options = options.model_copy(update={"task": ctx.options.task})
         ctx.state["memory.options"] = options
+        # Only chat requests run the pipeline (/v1/completions is a pass-through), so messages are all there is.
         try:
-            if isinstance(ctx.body.get("messages"), list):
-                messages, retrieval = await self.service.compose(
-                    ctx.tenant, ctx.user, ctx.body["messages"], options
-                )
-                ctx.body["messages"] = messages
-            else:
-                prompt = ctx.body.get("prompt")
-                query = prompt if isinstance(prompt, str) else ""
-                retrieval = await self.service.retrieve(ctx.tenant, ctx.user, query, options)
-                if retrieval.block and isinstance(prompt, str):
-                    ctx.body["prompt"] = f"{retrieval.block}\n{prompt}"
+            messages, retrieval = await self.service.compose(ctx.tenant, ctx.user, ctx.body["messages"], options)
         except Exception as exc:
             if self._services.settings.degrade_on_store_failure:
                 raise
             raise ServiceUnavailable(f"Memory store unavailable: {exc.__class__.__name__}") from exc
+        ctx.body["messages"] = messages
         ctx.state["memory.task"] = retrieval.task
         return retrieval.details()
 
@@ -83,8 +75,6 @@ class MemoryStage:
         if ctx.user is None or not options.store or not ctx.options.record:
             return
         messages = exchange.messages or ctx.original_messages
-        if not messages and isinstance(ctx.body.get("prompt"), str):
-            messages = [{"role": "user", "content": ctx.body["prompt"]}]
         await self.service.record_exchange(
             ctx.tenant,
             ctx.user,

@@ -3,7 +3,8 @@
 Reuses the shared embedder and job queue that the memory plugin builds (built here if memory is off).
 Keeping the model's reasoning out of the answer: when a request does not ask for the reasoning, `before`
 sets `ctx.state["rpm"]["strip_reasoning"] = True`; the chat serving then passes the final text through
-`finalize_text(ctx, text)` and streamed deltas through `stream_filter(ctx)` (both below).
+`finalize_text(ctx, text)` (for every choice) and streamed deltas through `stream_filter(ctx)` (one filter
+per choice index) (both below).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pydantic import ValidationError
 
 from proxy.errors import InvalidRequest
 from proxy.pipeline.context import Exchange, RequestContext
+from rapport.core.messages import append_system, last_user_text
 from reasoning.rpm.engine import RPMEngine
-from reasoning.rpm.generate import ReasoningStreamFilter, inject_system, last_user_text, strip_reasoning
+from reasoning.rpm.generate import ReasoningStreamFilter, strip_reasoning
 from reasoning.rpm.models import HistoryItem, RPMRequestOptions
 
 if TYPE_CHECKING:
@@ -97,17 +99,13 @@ class RPMStage:
 
     @staticmethod
     def _query(ctx: RequestContext) -> str:
-        if ctx.endpoint == "chat":
-            return last_user_text(ctx.body.get("messages") or [])
-        prompt = ctx.body.get("prompt")
-        return prompt if isinstance(prompt, str) else ""
+        # Only chat requests run the pipeline (/v1/completions is a pass-through).
+        return last_user_text(ctx.body["messages"])
 
     @staticmethod
     def _inject(ctx: RequestContext, system: str) -> None:
-        if ctx.endpoint == "chat":
-            ctx.body["messages"] = inject_system(ctx.body.get("messages") or [], system)
-        elif isinstance(ctx.body.get("prompt"), str):
-            ctx.body["prompt"] = f"{system}\n\n{ctx.body['prompt']}"
+        # Into the same leading system message memory extends: one message, whatever the stage order.
+        ctx.body["messages"] = append_system(ctx.body["messages"], system)
 
     async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
         # The exchange's response is the model's answer, not the user's: learnt only when the operator

@@ -1,11 +1,10 @@
-"""Stage 3's output side: the conditioning system message, and removing the model's reasoning from the
-final answer when a request keeps it out (`strip_reasoning` for whole texts, `ReasoningStreamFilter`
-for streamed deltas)."""
+"""Stage 3's output side: the reasoning instruction of the conditioning, and removing the model's reasoning
+from the final answer when a request keeps it out (`strip_reasoning` for whole texts,
+`ReasoningStreamFilter` for streamed deltas)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 OPEN, CLOSE = "<reasoning>", "</reasoning>"
 _BLOCK = re.compile(r"<reasoning>.*?</reasoning>\s*", re.DOTALL | re.IGNORECASE)
@@ -119,25 +118,3 @@ class ReasoningStreamFilter:
         rest, self._buffer = self._buffer, ""
         return self._show(rest)
 
-
-def inject_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """Add the conditioning to the request: appended to a leading string system message, else prepended."""
-    out = list(messages)
-    if out and out[0].get("role") in ("system", "developer") and isinstance(out[0].get("content"), str):
-        out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{text}"}
-    else:
-        out.insert(0, {"role": "system", "content": text})
-    return out
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
-                )
-    return ""

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from reasoning.rpm.generate import ReasoningStreamFilter, inject_system, strip_reasoning
+from reasoning.rpm.generate import ReasoningStreamFilter, strip_reasoning
 from reasoning.rpm.models import HistoryItem, RPMRequestOptions
 from reasoning.rpm.retrieve import text_level
 from tests.rpm.fakes import ScriptedLLM, features_json
@@ -141,14 +141,6 @@ def test_stream_filter_matches_whole_text_strip(text: str) -> None:
         f = ReasoningStreamFilter()
         out = "".join(f.feed(c) for c in chunks) + f.flush()
         assert out.strip() == strip_reasoning(text)
-
-
-def test_inject_system_appends_or_prepends() -> None:
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    out = inject_system(msgs, "RPM")
-    assert out[0]["content"] == "Be brief.\n\nRPM" and msgs[0]["content"] == "Be brief."
-    out = inject_system([{"role": "user", "content": "hi"}], "RPM")
-    assert out[0] == {"role": "system", "content": "RPM"} and len(out) == 2
 
 
 def test_retrieval_scores_are_weighted_means() -> None:

@@ -25,7 +25,8 @@ from tests.support.servers import ThreadedServer
 @dataclass
 class Reply:
     """One scripted answer. kind: ok | error | hang | stream | cut_stream | slow_stream | odd_stream
-    (odd_stream: `body` is sent as one stream event at `cut_after`, between ordinary chunks)."""
+    (odd_stream: `body` is sent as one stream event at `cut_after`, between ordinary chunks).
+    `events`: a stream made of exactly these chunks, then [DONE] (several choices, finish and usage placement)."""
 
     kind: str = "ok"
     content: str | None = None
@@ -34,6 +35,7 @@ class Reply:
     body: dict[str, Any] | None = None
     chunks: list[str] | None = None
     cut_after: int = 2
+    events: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -191,6 +193,11 @@ class ScriptedUpstream:
 
     async def _stream(self, body: dict[str, Any], reply: Reply, content: str, model: str) -> Any:
         pieces = reply.chunks or [content[i : i + 4] for i in range(0, len(content), 4)] or [""]
+        if reply.events is not None:
+            for event in reply.events:
+                yield b"data: " + orjson.dumps(event) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
         try:
             yield b"data: " + orjson.dumps(chunk(model, {"role": "assistant", "content": ""})) + b"\n\n"
             for i, piece in enumerate(pieces):

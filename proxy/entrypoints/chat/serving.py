@@ -12,12 +12,12 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from proxy.auth.deps import Principal
-from proxy.entrypoints.chat.protocol import ChatCompletionRequest
 from proxy.entrypoints.admission import admit
+from proxy.entrypoints.chat.choice_filters import ChoiceFilters
+from proxy.entrypoints.chat.protocol import ChatCompletionRequest
 from proxy.entrypoints.common import sse_data, stream_error_event
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
-from proxy.pipeline.stage import TextFilter
 from proxy.services import Services
 from proxy.upstream.router import BoundUpstream
 
@@ -68,11 +68,12 @@ class ChatServing:
         else:
             result = await self.services.upstream.chat(ctx.model, ctx.body)
         self._count_tokens(ctx.model, result.get("usage"))
+        # Every choice is finalized (n > 1 too); the exchange recorded is choice 0's.
+        for choice in result.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                message["content"] = self.pipeline.finalize_text(ctx, ran, message["content"])
         text, finish = _answer_text(result)
-        final = self.pipeline.finalize_text(ctx, ran, text)
-        if final != text:
-            result["choices"][0]["message"]["content"] = final
-            text = final
         if ctx.user is not None:
             result["rapport"] = self.pipeline.extension(ctx)
         self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, text, ctx.model, finish, result.get("usage") or {}))
@@ -116,25 +117,32 @@ class ChatServing:
         finish: str | None = None
         usage: dict[str, Any] = {}
         completed = False
-        filters = self.pipeline.stream_filters(ctx, ran)
+        # One chain of the stages' filters per choice index, so that every choice (n > 1) is filtered.
+        filters = (
+            ChoiceFilters(lambda: self.pipeline.stream_filters(ctx, ran))
+            if self.pipeline.stream_filters(ctx, ran)
+            else None
+        )
+        extension = self.pipeline.extension(ctx) if ctx.user is not None else None
+
+        def send(chunk: dict[str, Any]) -> bytes:
+            nonlocal finish, usage, extension
+            if extension is not None:  # on the first chunk that goes out
+                chunk, extension = {**chunk, "rapport": extension}, None
+            finish = _collect(chunk, parts) or finish
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            return sse_data(chunk)
+
         try:
             if first is not None:
-                if ctx.user is not None:
-                    first = {**first, "rapport": self.pipeline.extension(ctx)}
-                _filter(first, filters)
-                finish = _collect(first, parts) or finish
-                yield sse_data(first)
+                for chunk in filters.apply(first) if filters else [first]:
+                    yield send(chunk)
                 async for event in events:
-                    _filter(event, filters)
-                    finish = _collect(event, parts) or finish
-                    if event.get("usage"):
-                        usage = event["usage"]
-                    yield sse_data(event)
-                tail = _flush(filters)
-                if tail:
-                    parts.append(tail)
-                    base = {k: v for k, v in first.items() if k not in ("rapport", "usage")}
-                    yield sse_data({**base, "choices": [{"index": 0, "delta": {"content": tail}, "finish_reason": None}]})
+                    for chunk in filters.apply(event) if filters else [event]:
+                        yield send(chunk)
+                for chunk in filters.tail_chunks() if filters else []:
+                    yield send(chunk)
             completed = True
         except Exception as exc:
             # Mid-stream failure: end with an error event the SDKs raise on, then close. Never hang.
@@ -161,28 +169,8 @@ class ChatServing:
                 self.services.metrics.tokens.labels(model, kind.removesuffix("_tokens")).inc(value)
 
 
-def _filter(event: dict[str, Any], filters: list[TextFilter]) -> None:
-    """Pass choice 0's content delta through the stages' filters, in place."""
-    if not filters:
-        return
-    for choice in event.get("choices") or []:
-        delta = choice.get("delta") or {}
-        if choice.get("index", 0) == 0 and isinstance(delta.get("content"), str):
-            text = delta["content"]
-            for f in filters:
-                text = f.feed(text)
-            delta["content"] = text
-
-
-def _flush(filters: list[TextFilter]) -> str:
-    tail = ""
-    for f in filters:
-        tail = f.feed(tail) if tail else ""
-        tail += f.flush()
-    return tail
-
-
 def _collect(event: dict[str, Any], parts: list[str]) -> str | None:
+    """Gather choice 0's content (the exchange recorded) and return its finish reason, if this chunk has it."""
     finish = None
     for choice in event.get("choices") or []:
         if choice.get("index", 0) != 0:
