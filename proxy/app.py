@@ -21,6 +21,9 @@ from proxy.entrypoints.completions.api_router import router as completions_route
 from proxy.entrypoints.embeddings.api_router import router as embeddings_router
 from proxy.entrypoints.health.api_router import router as health_router
 from proxy.entrypoints.models.api_router import router as models_router
+from proxy.entrypoints.responses.api_router import router as responses_router
+from proxy.entrypoints.responses.serving import ResponsesServing
+from proxy.entrypoints.responses.store import SQLiteResponseStore
 from proxy.errors import InvalidRequest, NotFound, RapportError
 from proxy.looplag import LoopLagMonitor
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -98,6 +101,13 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
     services.upstream.observe = lambda model, seconds: services.metrics.upstream_latency.labels(model).observe(seconds)
     services.plugins = load_plugins(services, plugins)
     lag_monitor = LoopLagMonitor(services.metrics, stall_log_s=settings.server.loop_stall_log_s)
+    responses = ResponsesServing(
+        services,
+        SQLiteResponseStore(settings.data_dir / "responses.sqlite3", settings.responses.retention_days * 86400.0),
+    )
+    if services.jobs is not None:
+        # Forgetting a user removes their stored responses with the rest of what Rapport keeps about them.
+        services.jobs.on_forget("responses", responses.forget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +118,7 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
         finally:
             await lag_monitor.stop()
             await services.close()
+            responses.store.close()
 
     app = FastAPI(
         title="Rapport",
@@ -117,9 +128,10 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
     )
     app.state.services = services
     app.state.chat_serving = ChatServing(services)
+    app.state.responses_serving = responses
     _install_error_handlers(app)
     _install_openapi(app)
-    for router in (chat_router, completions_router, embeddings_router, models_router, health_router):
+    for router in (chat_router, responses_router, completions_router, embeddings_router, models_router, health_router):
         app.include_router(router)
     for plugin in services.plugins:
         for router in plugin.routers():

@@ -116,6 +116,13 @@ class LimitSettings(BaseModel):
     max_concurrent_streams: int = Field(default=0, ge=0)
 
 
+class ResponsesSettings(BaseModel):
+    """/v1/responses: Rapport keeps the responses that `store` asks for, to continue and to fetch them."""
+
+    # How long a stored response can be fetched or continued; older ones are purged.
+    retention_days: float = Field(default=30.0, gt=0)
+
+
 class UpstreamSettings(BaseModel):
     retries: int = Field(default=2, ge=0, le=10)
     backoff_base_s: float = Field(default=0.25, ge=0)
@@ -152,6 +159,7 @@ class RapportSettings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     local: LocalUpstreamSettings = Field(default_factory=LocalUpstreamSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)

@@ -33,6 +33,16 @@ def stream_error_event(exc: Exception) -> bytes:
     return sse_data(exc.to_body())
 
 
+async def aclose_quietly(events: Any) -> None:
+    """Close an upstream event stream that may already be broken; closing it must not mask why."""
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            pass
+
+
 # Fields that would let a client pick where Rapport sends traffic or with which credentials: Rapport would
 # become an open relay or an SSRF hop, so they are refused outright (OWASP LLM10 / SSRF).
 FORBIDDEN_FIELDS = frozenset(
@@ -110,7 +120,7 @@ def check_caps(limits: LimitSettings, req: BaseModel) -> None:
     messages = declared("messages")
     if messages is not None and len(messages) > limits.max_messages:
         raise InvalidRequest(f"Too many messages ({len(messages)} > {limits.max_messages}).", param="messages")
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = declared(name)
         if value is not None and value > limits.max_tokens:
             raise InvalidRequest(f"'{name}' exceeds this server's cap of {limits.max_tokens}.", param=name)

@@ -39,7 +39,7 @@ class StageReport:
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    endpoint: Literal["chat", "completions"]
+    endpoint: Literal["chat", "completions", "responses"]
     model: str
     tenant: str
     user: str | None
