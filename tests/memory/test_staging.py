@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from memory.items import MemoryItem
+from memory.pg_store import PgVectorStore
 from memory.staging import StagedStore, StagingFull
 from memory.store import ChromaStore
+from rapport.core.database import Database
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 384
@@ -51,9 +53,15 @@ class CountingStore:
         return getattr(self.inner, name)
 
 
-@pytest.fixture()
-def chroma(tmp_path: Path) -> ChromaStore:
-    return ChromaStore(path=tmp_path / "chroma", prefix="stg")
+@pytest.fixture(params=["chroma", "postgres"])
+def chroma(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChromaStore]:
+    """The store under the staging: embedded Chroma, and PostgreSQL + pgvector (same contract)."""
+    if request.param == "chroma":
+        yield ChromaStore(path=tmp_path / "chroma", prefix="stg")
+        return
+    db = Database.postgres(request.getfixturevalue("postgres_url"))
+    yield PgVectorStore(db, DIM)  # type: ignore[misc]
+    db.close()
 
 
 @pytest.fixture()
