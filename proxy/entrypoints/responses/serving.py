@@ -19,6 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from proxy.auth.deps import Principal
 from proxy.entrypoints.admission import admit
+from proxy.entrypoints.chat.choice_filters import ChoiceFilters
 from proxy.entrypoints.common import aclose_quietly, stream_error_event
 from proxy.entrypoints.responses import bridge
 from proxy.entrypoints.responses.protocol import ResponsesRequest
@@ -151,22 +152,18 @@ class ResponsesServing:
         translator = bridge.StreamTranslator(base=turn.response([], None, None))
         if ctx.user is not None:
             translator.base["rapport"] = self.pipeline.extension(ctx)
-        filters = self.pipeline.stream_filters(ctx, ran)
+        # The stages' filters (RPM keeps its reasoning out of the answer), tails in order as for chat.
+        filters = ChoiceFilters(lambda: self.pipeline.stream_filters(ctx, ran))
         try:
             for event in translator.start():
                 yield _sse(event)
-            pending = [first] if first is not None else []
-            async for event in _chain(pending, events):
-                for choice in event.get("choices") or []:
-                    delta = choice.get("delta") if isinstance(choice, dict) else None
-                    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                        for f in filters:
-                            delta["content"] = f.feed(delta["content"])
-                for out in translator.chunk(event):
+            async for event in _chain([first] if first is not None else [], events):
+                for piece in filters.apply(event):
+                    for out in translator.chunk(piece):
+                        yield _sse(out)
+            for piece in filters.tail_chunks():
+                for out in translator.chunk(piece):
                     yield _sse(out)
-            tail = _flush(filters)
-            for out in translator.text_delta(tail):
-                yield _sse(out)
             closing, output = translator.finish_events()
             for out in closing:
                 yield _sse(out)
@@ -238,13 +235,5 @@ async def _chain(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]
         yield event
     async for event in rest:
         yield event
-
-
-def _flush(filters: list[Any]) -> str:
-    tail = ""
-    for f in filters:
-        tail = f.feed(tail) if tail else ""
-        tail += f.flush()
-    return tail
 
 
