@@ -129,7 +129,7 @@ def test_chat_answers_are_not_learnt_by_default_and_imports_are(make_rapport: An
         model="test-model", messages=[{"role": "user", "content": "Rate: place 9, a seafood restaurant."}],
         user="alice", extra_body={"rapport": {"rpm": {"mode": "cheap"}}},
     )
-    stage = next(s for s in result.model_extra["rapport"]["stages"] if s["name"] == "rpm")
+    stage = next(s for s in (result.model_extra or {})["rapport"]["stages"] if s["name"] == "rpm")
     assert stage["detail"]["conditioned"]
     system = scripted_upstream.requests[-1].json["messages"][0]["content"]
     assert "influence on responses" not in system
