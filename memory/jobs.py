@@ -1,8 +1,24 @@
-"""A durable background job queue in SQLite: the request path enqueues, workers do the slow work.
+"""A durable background job queue with leases: the request path enqueues, workers on any replica do the slow work.
 
-Every state change is committed (WAL, synchronous=FULL) before it is acknowledged, so pending work survives
-a crash; jobs that were `running` when the process died are put back to `pending` at the next start.
-SQLite calls run in one worker thread behind a lock, never on the event loop.
+One table (memory/job_schema.py) in the queue's `Database`: the embedded SQLite file, or the PostgreSQL
+database that every replica shares. How a job moves:
+
+- `enqueue` commits before it returns. A dedupe key is a unique constraint over the key's active (pending or
+  running) jobs, so concurrent enqueues on any replicas give one job: a second enqueue while the job is pending
+  reuses it; while it runs, it marks the job to run once more when it finishes (the running attempt may have
+  read its inputs before the new data came), and the caller still gets that job's id.
+- A worker claims the oldest runnable job (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer,
+  and the claim is one write transaction): runnable is pending, or running under a lease that expired because
+  its replica died or stalled. The claim sets the owner (this replica's id), a fresh lease token and the
+  lease's expiry on the database's clock.
+- While the handler runs, the worker renews the lease every third of its length; each progress report renews
+  it too. Every write of a running job names its token, so a worker whose lease was taken over (or whose job
+  was deleted by a forget on any replica) writes nothing: it learns so at its next renewal or progress
+  report, and its handler is cancelled.
+- The outcome (and, with `progress.complete(write)`, the handler's own result) is written in one transaction
+  that first checks the token.
+- `close()` puts back only the jobs this queue holds; a crashed replica's jobs are taken over when their lease
+  expires. Database calls run in the database's threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -10,52 +26,46 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
-import threading
+import os
+import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+
+from memory.job_schema import ACTIVE_DEDUPE, SCHEMA, jobs
+from rapport.core.database import Database
+from rapport.core.migrations import ensure
 
 log = logging.getLogger("rapport.jobs")
 
 JobStatus = Literal["pending", "running", "succeeded", "failed"]
-Progress = Callable[[float, str | None], Awaitable[None]]
-Handler = Callable[["Job", Progress], Awaitable[None]]
 ForgetHook = Callable[[str, str], Awaitable[Any]]
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    user TEXT NOT NULL,
-    dedupe_key TEXT,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    progress REAL NOT NULL DEFAULT 0,
-    message TEXT,
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    run_after REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, run_after, created_at);
-CREATE INDEX IF NOT EXISTS jobs_user ON jobs (tenant, user);
-CREATE INDEX IF NOT EXISTS jobs_dedupe ON jobs (dedupe_key, status);
-"""
-
 
 class JobCancelled(Exception):
-    """Raised from `progress` when the job was deleted (its user forgotten) while it ran."""
+    """Raised from `progress` when the job is no longer this worker's: deleted (its user forgotten, on any
+    replica) or taken over by another replica after this one's lease expired."""
+
+
+class Progress(Protocol):
+    """What a handler gets besides its job: report progress, and optionally write its result atomically."""
+
+    async def __call__(self, fraction: float, message: str | None = None) -> None: ...
+
+    async def complete(self, write: Callable[[Connection], T]) -> T:
+        """Run `write(conn)` on the queue's database and mark the job succeeded, in one transaction that
+        first checks this worker still holds the job's lease; raises JobCancelled (writing nothing) if not."""
+        ...
+
+
+Handler = Callable[["Job", Progress], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -76,6 +86,8 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     dedupe_key: str | None = None
+    owner: str | None = None
+    lease_expires_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,7 +96,7 @@ class Job:
         return out
 
 
-def _row_to_job(row: sqlite3.Row) -> Job:
+def _to_job(row: RowMapping) -> Job:
     return Job(
         id=row["id"],
         kind=row["kind"],
@@ -102,38 +114,54 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         dedupe_key=row["dedupe_key"],
+        owner=row["owner"],
+        lease_expires_at=row["lease_expires_at"],
     )
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(slots=True)
+class _Running:
+    """One job this queue is executing: its lease token and the task running its handler."""
+
+    job: Job
+    token: str
+    task: asyncio.Task[None] | None = None
+    lost: bool = False  # the lease is gone (taken over, or the job deleted): write nothing
+    completed: bool = False  # the handler wrote its outcome through progress.complete
 
 
 class JobQueue:
     def __init__(
         self,
-        path: Path | str,
+        database: Database | Path | str,
         *,
         workers: int = 1,
         max_attempts: int = 3,
         retry_backoff_s: float = 1.0,
         poll_interval_s: float = 1.0,
+        lease_s: float = 30.0,
+        replica_id: str | None = None,
+        migrate: bool = True,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A path is the embedded convenience for tools and benches: the queue then owns that SQLite file.
+        self._owns_db = not isinstance(database, Database)
+        self.db = database if isinstance(database, Database) else Database.sqlite(database)
+        ensure(self.db, SCHEMA, migrate_on_start=migrate)
+        self.replica_id = replica_id or default_replica_id()
         self._workers = workers
         self._max_attempts = max_attempts
         self._backoff = retry_backoff_s
         self._poll = poll_interval_s
+        self.lease_s = lease_s
         self._handlers: dict[str, Handler] = {}
         self._forget_hooks: dict[str, ForgetHook] = {}
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapport-jobs")
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: asyncio.Event | None = None
-        self._cancelled: set[str] = set()
+        self._running: dict[str, _Running] = {}
         self._closed = False
         self._shut = False
 
@@ -150,15 +178,8 @@ class JobQueue:
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
 
-    # -- sqlite in the worker thread ----------------------------------------------------------------
-
-    def _sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            return fn(self._conn)
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._sync, fn)
+    def _now(self, conn: Connection) -> float:
+        return float(conn.execute(sa.select(self.db.now())).scalar_one())
 
     # -- producer side ------------------------------------------------------------------------------
 
@@ -172,41 +193,40 @@ class JobQueue:
         dedupe_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        """Queue a job (committed before returning); a pending job with the same dedupe_key is reused."""
-        job_id = uuid.uuid4().hex
+        """Queue a job (committed before returning); an active job with the same dedupe_key is reused."""
         body = json.dumps(payload)
         attempts = max_attempts or self._max_attempts
 
-        def insert(conn: sqlite3.Connection) -> str:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        def insert() -> str:
+            with self.db.write() as conn:
+                now = self._now(conn)
+                row = {
+                    "id": uuid.uuid4().hex, "kind": kind, "payload": body, "tenant": tenant, "user": user,
+                    "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "max_attempts": attempts,
+                    "progress": 0.0, "created_at": now, "updated_at": now, "run_after": 0.0, "rerun": False,
+                }
+                stmt = self.db.insert(jobs).values(**row)
                 if dedupe_key is not None:
-                    row = conn.execute(
-                        "SELECT id FROM jobs WHERE dedupe_key=? AND status='pending' LIMIT 1", (dedupe_key,)
-                    ).fetchone()
-                    if row is not None:
-                        conn.execute("COMMIT")
-                        return str(row["id"])
-                now = time.time()
-                conn.execute(
-                    "INSERT INTO jobs (id, kind, payload, tenant, user, dedupe_key, status, max_attempts,"
-                    " created_at, updated_at) VALUES (?,?,?,?,?,?, 'pending', ?, ?, ?)",
-                    (job_id, kind, body, tenant, user, dedupe_key, attempts, now, now),
-                )
-                conn.execute("COMMIT")
-                return job_id
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                    # The existing active job wins; if it is already running, it runs once more afterwards.
+                    stmt = stmt.on_conflict_do_update(
+                        index_elements=[jobs.c.dedupe_key],
+                        index_where=ACTIVE_DEDUPE,
+                        set_={"rerun": sa.or_(jobs.c.rerun, jobs.c.status == "running"), "updated_at": now},
+                    )
+                return str(conn.execute(stmt.returning(jobs.c.id)).scalar_one())
 
-        result = await self._run(insert)
+        result = await self.db.run(insert)
         if self._wake is not None:
             self._wake.set()
         return result
 
     async def get(self, job_id: str) -> Job | None:
-        row = await self._run(lambda c: c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
-        return _row_to_job(row) if row is not None else None
+        def fetch() -> RowMapping | None:
+            with self.db.read() as conn:
+                return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
+
+        row = await self.db.run(fetch)
+        return _to_job(row) if row is not None else None
 
     async def list(
         self,
@@ -219,30 +239,30 @@ class JobQueue:
         offset: int = 0,
     ) -> tuple[list[Job], int]:
         """(page of jobs newest first, total matching)."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        for column, value in (("status", status), ("kind", kind), ("tenant", tenant), ("user", user)):
-            if value is not None:
-                clauses.append(f"{column}=?")
-                args.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = [
+            column == value
+            for column, value in ((jobs.c.status, status), (jobs.c.kind, kind), (jobs.c.tenant, tenant), (jobs.c.user, user))
+            if value is not None
+        ]
 
-        def query(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
-            rows = conn.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ? OFFSET ?",
-                (*args, limit, offset),
-            ).fetchall()
-            total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
-            return rows, int(total)
+        def query() -> tuple[list[RowMapping], int]:
+            with self.db.read() as conn:
+                rows = conn.execute(
+                    sa.select(jobs).where(*where).order_by(jobs.c.created_at.desc()).limit(limit).offset(offset)
+                ).mappings().all()
+                total = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*where)).scalar_one()
+                return list(rows), int(total)
 
-        rows, total = await self._run(query)
-        return [_row_to_job(r) for r in rows], total
+        rows, total = await self.db.run(query)
+        return [_to_job(r) for r in rows], total
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._run(
-            lambda c: c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-        )
-        return {str(r[0]): int(r[1]) for r in rows}
+        def query() -> dict[str, int]:
+            with self.db.read() as conn:
+                rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)).all()
+                return {str(r[0]): int(r[1]) for r in rows}
+
+        return await self.db.run(query)
 
     async def wait(self, job_id: str, within: float = 60.0, interval: float = 0.05) -> Job | None:
         """Poll until the job is finished (succeeded/failed) or gone; None when it was deleted."""
@@ -256,20 +276,18 @@ class JobQueue:
             await asyncio.sleep(interval)
 
     async def delete_for_user(self, tenant: str, user: str) -> int:
-        """Remove every job of the user (payloads may hold their text); running ones are cancelled."""
+        """Remove every job of the user (payloads may hold their text). A job running here is cancelled at
+        once; one running on another replica is cancelled at that worker's next renewal or progress report."""
 
-        def delete(conn: sqlite3.Connection) -> tuple[list[str], int]:
-            running = [
-                str(r[0])
-                for r in conn.execute(
-                    "SELECT id FROM jobs WHERE tenant=? AND user=? AND status='running'", (tenant, user)
-                ).fetchall()
-            ]
-            cur = conn.execute("DELETE FROM jobs WHERE tenant=? AND user=?", (tenant, user))
-            return running, cur.rowcount
+        def delete() -> int:
+            with self.db.write() as conn:
+                result = conn.execute(sa.delete(jobs).where(jobs.c.tenant == tenant, jobs.c.user == user))
+                return int(result.rowcount)
 
-        running, count = await self._run(delete)
-        self._cancelled.update(running)
+        count = await self.db.run(delete)
+        for running in list(self._running.values()):
+            if running.job.tenant == tenant and running.job.user == user:
+                self._lose(running, "its user was forgotten")
         return count
 
     async def forget_user(self, tenant: str, user: str) -> dict[str, Any]:
@@ -284,18 +302,12 @@ class JobQueue:
     async def start(self) -> None:
         if self._tasks:
             return
-        # Jobs left running by a crash are resumed: their attempt did not finish.
-        await self._run(
-            lambda c: c.execute(
-                "UPDATE jobs SET status='pending', updated_at=? WHERE status='running'", (time.time(),)
-            )
-        )
+        # Nothing is reset here: a job left running by a crash is taken over once its lease expires, and jobs
+        # other replicas are running are theirs.
         self._wake = asyncio.Event()
         self._closed = False
         for i in range(self._workers):
-            self._tasks.append(
-                asyncio.get_running_loop().create_task(self._worker(), name=f"rapport-job-{i}")
-            )
+            self._tasks.append(asyncio.get_running_loop().create_task(self._worker(), name=f"rapport-job-{i}"))
 
     async def close(self) -> None:
         if self._shut:
@@ -312,103 +324,218 @@ class JobQueue:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
-
-        def shutdown(conn: sqlite3.Connection) -> None:
-            # Put interrupted work back now rather than waiting for the next start.
-            conn.execute("UPDATE jobs SET status='pending' WHERE status='running'")
-
-        try:
-            await self._run(shutdown)
-        finally:
-            with self._lock:
-                self._conn.close()
-            self._executor.shutdown(wait=False)
+        if self._owns_db:
+            self.db.close()
 
     @property
     def running(self) -> bool:
         return bool(self._tasks) and not self._closed
 
-    async def _claim(self) -> Job | None:
+    def _claim_sync(self, kinds: Sequence[str]) -> tuple[Job, str] | None:
+        token = uuid.uuid4().hex
+        with self.db.write() as conn:
+            now = self._now(conn)
+            expired = sa.and_(
+                jobs.c.status == "running",
+                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
+            )
+            runnable = sa.or_(sa.and_(jobs.c.status == "pending", jobs.c.run_after <= now), expired)
+            for _ in range(16):
+                row = conn.execute(
+                    sa.select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.max_attempts)
+                    .where(jobs.c.kind.in_(kinds), runnable)
+                    .order_by(jobs.c.created_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None
+                if row.status == "running" and row.attempts >= row.max_attempts:
+                    # Its replica died on every attempt: a job that kills its worker must not loop forever.
+                    conn.execute(
+                        sa.update(jobs).where(jobs.c.id == row.id).values(
+                            status="failed", finished_at=now, updated_at=now, owner=None, lease_token=None,
+                            lease_expires_at=None,
+                            error=f"lease expired on attempt {row.attempts} of {row.max_attempts}: the replica running it stopped",
+                        )
+                    )
+                    continue
+                claimed = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == row.id)
+                    .values(
+                        status="running", attempts=jobs.c.attempts + 1, started_at=now, updated_at=now,
+                        owner=self.replica_id, lease_token=token, lease_expires_at=now + self.lease_s,
+                    )
+                    .returning(*jobs.c)
+                ).mappings().one()
+                return _to_job(claimed), token
+        return None
+
+    async def _claim(self) -> tuple[Job, str] | None:
         kinds = list(self._handlers)
         if not kinds:
             return None
-        marks = ",".join("?" for _ in kinds)
-
-        def claim(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            now = time.time()
-            row: sqlite3.Row | None = conn.execute(
-                "UPDATE jobs SET status='running', attempts=attempts+1, started_at=?, updated_at=?"
-                " WHERE id = (SELECT id FROM jobs WHERE status='pending' AND run_after<=?"
-                f" AND kind IN ({marks}) ORDER BY created_at LIMIT 1) RETURNING *",
-                (now, now, now, *kinds),
-            ).fetchone()
-            return row
-
-        row = await self._run(claim)
-        return _row_to_job(row) if row is not None else None
+        return await self.db.run(self._claim_sync, kinds)
 
     async def _worker(self) -> None:
         assert self._wake is not None
         while not self._closed:
             try:
-                job = await self._claim()
+                claimed = await self._claim()
             except Exception:
                 log.exception("claiming a job failed")
-                job = None
-            if job is None:
+                claimed = None
+            if claimed is None:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
                 except TimeoutError:
                     pass
                 continue
-            await self._execute(job)
+            await self._execute(*claimed)
 
-    async def _execute(self, job: Job) -> None:
+    # -- writes under the lease ---------------------------------------------------------------------
+
+    def _held(self, conn: Connection, running: _Running) -> RowMapping | None:
+        """Lock the job's row if this worker still holds its lease (same transaction as the write after)."""
+        return conn.execute(
+            sa.select(jobs.c.rerun, jobs.c.attempts, jobs.c.max_attempts)
+            .where(jobs.c.id == running.job.id, jobs.c.lease_token == running.token, jobs.c.status == "running")
+            .with_for_update()
+        ).mappings().first()
+
+    def _renew_sync(self, running: _Running, values: dict[str, Any]) -> bool:
+        with self.db.write() as conn:
+            now = self._now(conn)
+            result = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == running.job.id, jobs.c.lease_token == running.token, jobs.c.status == "running")
+                .values(lease_expires_at=now + self.lease_s, **{k: (now if v is _NOW else v) for k, v in values.items()})
+            )
+            return bool(result.rowcount)
+
+    def _settle_sync(self, running: _Running, outcome: str, error: str | None = None,
+                     write: Callable[[Connection], Any] | None = None) -> tuple[bool, Any]:
+        """Write the job's outcome ('succeeded', 'failed' or 'released') if the lease is still held."""
+        with self.db.write() as conn:
+            held = self._held(conn, running)
+            if held is None:
+                return False, None
+            result = write(conn) if write is not None else None
+            now = self._now(conn)
+            base: dict[str, Any] = {"owner": None, "lease_token": None, "lease_expires_at": None, "updated_at": now}
+            if outcome == "released":
+                # Shutdown interrupted the attempt; it did not fail, so it does not count.
+                values = {**base, "status": "pending", "attempts": max(held["attempts"] - 1, 0), "run_after": 0.0}
+            elif held["rerun"]:
+                # New input arrived while it ran: one more run, from a clean slate.
+                values = {**base, "status": "pending", "attempts": 0, "rerun": False, "progress": 0.0,
+                          "run_after": 0.0, "error": error}
+            elif outcome == "succeeded":
+                values = {**base, "status": "succeeded", "progress": 1.0, "error": None, "finished_at": now}
+            else:
+                final = held["attempts"] >= held["max_attempts"]
+                delay = self._backoff * (2 ** (held["attempts"] - 1))
+                values = {**base, "status": "failed" if final else "pending", "error": error,
+                          "run_after": now + (0.0 if final else delay), "finished_at": now if final else None}
+            conn.execute(sa.update(jobs).where(jobs.c.id == running.job.id).values(**values))
+            return True, result
+
+    def _lose(self, running: _Running, why: str) -> None:
+        if running.lost:
+            return
+        running.lost = True
+        log.info("job %s (%s) is no longer ours (%s): cancelling its handler", running.job.id, running.job.kind, why)
+        if running.task is not None and not running.task.done():
+            running.task.cancel()
+
+    async def _keep_lease(self, running: _Running) -> None:
+        """Renew the lease every third of its length; cancel the handler once it is lost."""
+        interval = self.lease_s / 3
+        renewed = time.monotonic()
+        while not running.lost:
+            await asyncio.sleep(interval)
+            try:
+                held = await self.db.run(self._renew_sync, running, {})
+            except Exception as exc:
+                log.warning("renewing the lease of job %s failed: %s", running.job.id, exc)
+                if time.monotonic() - renewed > self.lease_s:
+                    self._lose(running, "its lease could not be renewed in time")
+                continue
+            if not held:
+                self._lose(running, "deleted, or taken over after its lease expired")
+            renewed = time.monotonic()
+
+    async def _execute(self, job: Job, token: str) -> None:
+        running = _Running(job, token)
         handler = self._handlers[job.kind]
 
-        async def progress(fraction: float, message: str | None = None) -> None:
-            if job.id in self._cancelled:
-                raise JobCancelled(job.id)
-            value = min(max(float(fraction), 0.0), 1.0)
-            await self._run(
-                lambda c: c.execute(
-                    "UPDATE jobs SET progress=?, message=?, updated_at=? WHERE id=?",
-                    (value, message, time.time(), job.id),
-                )
-            )
+        async def call() -> None:
+            await handler(job, _JobProgress(self, running))
 
+        running.task = asyncio.get_running_loop().create_task(call(), name=f"rapport-job-{job.kind}")
+        self._running[job.id] = running
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease(running), name="rapport-job-lease")
         try:
-            await handler(job, progress)
+            await asyncio.wait({running.task})
         except asyncio.CancelledError:
+            # The queue is closing: stop the handler and give the job back (only if it is still ours).
+            running.task.cancel()
+            await asyncio.gather(running.task, return_exceptions=True)
+            if not running.lost and not running.completed:
+                try:
+                    await self.db.run(self._settle_sync, running, "released")
+                except Exception:
+                    log.exception("releasing job %s failed; it is taken over when its lease expires", job.id)
             raise
-        except JobCancelled:
-            self._cancelled.discard(job.id)
+        finally:
+            keeper.cancel()
+            self._running.pop(job.id, None)
+        if running.lost or running.completed or running.task.cancelled():
+            if running.lost:
+                log.info("job %s (%s): lease lost, its outcome was not written", job.id, job.kind)
             return
-        except Exception as exc:
+        exc = running.task.exception()
+        if isinstance(exc, JobCancelled):
+            return
+        if exc is None:
+            ok, _ = await self.db.run(self._settle_sync, running, "succeeded")
+        else:
             log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
             error = f"{exc.__class__.__name__}: {exc}"[:2000]
-            final = job.attempts >= job.max_attempts
-            delay = self._backoff * (2 ** (job.attempts - 1))
-            await self._run(
-                lambda c: c.execute(
-                    "UPDATE jobs SET status=?, error=?, updated_at=?, run_after=?, finished_at=? WHERE id=?",
-                    (
-                        "failed" if final else "pending",
-                        error,
-                        time.time(),
-                        time.time() + (0 if final else delay),
-                        time.time() if final else None,
-                        job.id,
-                    ),
-                )
-            )
-            return
-        self._cancelled.discard(job.id)
-        await self._run(
-            lambda c: c.execute(
-                "UPDATE jobs SET status='succeeded', progress=1.0, error=NULL, updated_at=?, finished_at=?"
-                " WHERE id=?",
-                (time.time(), time.time(), job.id),
-            )
+            ok, _ = await self.db.run(self._settle_sync, running, "failed", error)
+        if not ok:
+            log.info("job %s (%s): lease lost before its outcome was written; nothing written", job.id, job.kind)
+
+
+_NOW = object()  # in a renewal's values: the database's clock
+
+
+class _JobProgress:
+    """The `progress` a handler gets: every report renews the lease and checks the job is still ours."""
+
+    def __init__(self, queue: JobQueue, running: _Running) -> None:
+        self._queue = queue
+        self._running = running
+
+    async def __call__(self, fraction: float, message: str | None = None) -> None:
+        if self._running.lost:
+            raise JobCancelled(self._running.job.id)
+        value = min(max(float(fraction), 0.0), 1.0)
+        held = await self._queue.db.run(
+            self._queue._renew_sync, self._running, {"progress": value, "message": message, "updated_at": _NOW}
         )
+        if not held:
+            self._running.lost = True
+            raise JobCancelled(self._running.job.id)
+
+    async def complete(self, write: Callable[[Connection], T]) -> T:
+        if self._running.lost:
+            raise JobCancelled(self._running.job.id)
+        ok, result = await self._queue.db.run(self._queue._settle_sync, self._running, "succeeded", None, write)
+        if not ok:
+            self._running.lost = True
+            raise JobCancelled(self._running.job.id)
+        self._running.completed = True
+        return result  # type: ignore[no-any-return]

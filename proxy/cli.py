@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from proxy import __version__
 from proxy.settings import ConfigError, RapportSettings, load_settings
+
+if TYPE_CHECKING:
+    from rapport.core.migrations import Schema
 
 app = typer.Typer(help="Rapport: a personalization proxy for any LLM.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Create, list and revoke proxy API keys (only hashes are stored).", no_args_is_help=True)
@@ -262,6 +265,50 @@ def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
         console.print(f"[red]no active key {key_id}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+db_app = typer.Typer(help="The database that holds Rapport's state: schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+# Modules that declare a store's schema (rapport.core.migrations.register): a store added to the database adds
+# its module here, and `rapport db upgrade` (and doctor's schema check) then cover it.
+SCHEMA_MODULES = ("memory.job_schema",)
+
+
+def known_schemas() -> list[Schema]:
+    import importlib
+
+    from rapport.core.migrations import registered
+
+    for module in SCHEMA_MODULES:
+        importlib.import_module(module)
+    return registered()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate every store's schema; safe while replicas run (migrations hold an advisory lock)."""
+    from sqlalchemy.exc import OperationalError
+
+    from rapport.core.database import Databases
+    from rapport.core.migrations import SchemaTooNew, migrate
+
+    settings = _settings(config)
+    databases = Databases(settings.database_config())
+    try:
+        for schema in known_schemas():
+            try:
+                before, after = migrate(databases.for_store(schema.store), schema)
+            except SchemaTooNew as exc:
+                console.print(f"[bold red]error:[/] {exc}")
+                raise typer.Exit(1) from exc
+            except OperationalError as exc:
+                # The driver's message can quote connection parameters; the class and where is enough.
+                console.print(f"[bold red]error:[/] cannot reach {databases.describe()} ({exc.orig.__class__.__name__})")
+                raise typer.Exit(1) from None
+            state = f"up to date at version {after}" if before == after else f"migrated {before} -> {after}"
+            out.print(f"{schema.component}: {state}")
+    finally:
+        databases.close()
 
 
 def _mount_optional() -> None:

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from memory.config import MemorySettings
+from rapport.core.database import DatabaseConfig, DatabaseURLError, parse_postgres_url
 from reasoning.rpm.config import RPMSettings
 from reasoning.vas.config import VASSettings
 
@@ -114,6 +115,27 @@ class LimitSettings(BaseModel):
     rate_limit_rps: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=50, ge=1)
     max_concurrent_streams: int = Field(default=0, ge=0)
+    # Unset: the limits above hold per replica (N replicas let a key through N times). A redis:// (rediss://,
+    # unix://) URL: they hold across every replica sharing that Redis. A secret: it may hold a password.
+    redis_url: SecretStr | None = None
+    # Redis slower than this (per call) counts as down: that call is limited per replica, and says so.
+    redis_timeout_s: float = Field(default=0.1, gt=0, le=5)
+    # After Redis failed, limit per replica this long before trying it again.
+    redis_retry_s: float = Field(default=1.0, ge=0, le=300)
+    # A shared stream slot lives this long unless its replica renews it (every third of it) while the stream
+    # runs: a replica killed mid-stream frees its slots within this time.
+    stream_slot_ttl_s: float = Field(default=30.0, ge=0.3, le=3600)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked on the SecretStr, so that no error shows the URL (it may carry a password).
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().strip().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("limits.redis_url must be a redis://, rediss:// or unix:// URL")
+        return SecretStr(value.get_secret_value().strip())
 
 
 class ResponsesSettings(BaseModel):
@@ -143,15 +165,38 @@ class LocalUpstreamSettings(BaseModel):
     n_threads: int = Field(default=2, ge=1)
 
 
+class DatabaseSettings(BaseModel):
+    """How Rapport uses the database that `database_url` names (and the embedded SQLite files)."""
+
+    # Connections each replica keeps open to PostgreSQL, and how many more it may open under load.
+    pool_size: int = Field(default=5, ge=1, le=200)
+    max_overflow: int = Field(default=5, ge=0, le=200)
+    pool_timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: int = Field(default=5, ge=1, le=300)
+    # Apply pending schema migrations when a replica starts (under an advisory lock). Off: a replica whose
+    # schema is behind refuses to start and names `rapport db upgrade`.
+    migrate_on_start: bool = True
+    # A background job's lease: a replica that dies holding a job loses it this long after its last renewal.
+    job_lease_s: float = Field(default=30.0, ge=0.05)
+    # This replica's name in job leases (default: host-pid-random, new at each start).
+    replica_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class RapportSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # Never echo an input in a validation error: database_url (and keys) are secrets.
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Path(".rapport")
+    # Unset: all state in SQLite files under data_dir (one process). A postgresql:// URL: all state in that
+    # database, shared by any number of replicas. A secret: it may hold a password, so it is never shown.
+    database_url: SecretStr | None = None
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     model_list: list[ModelEntry] = Field(default_factory=list)
     default_model: str | None = None
     # What to do when a store is unreachable: serve without personalization (and say so) or answer 503.
@@ -170,6 +215,30 @@ class RapportSettings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Runs on the SecretStr (mode "after"), so even pydantic's own error shows the input masked.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            parse_postgres_url(value.get_secret_value())
+        except DatabaseURLError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def database_config(self) -> DatabaseConfig:
+        """What `rapport.core.database.Databases` is built from."""
+        db = self.database
+        return DatabaseConfig(
+            url=self.database_url.get_secret_value() if self.database_url is not None else None,
+            data_dir=self.data_dir,
+            pool_size=db.pool_size,
+            max_overflow=db.max_overflow,
+            pool_timeout_s=db.pool_timeout_s,
+            connect_timeout_s=db.connect_timeout_s,
+        )
 
     @model_validator(mode="after")
     def _fill_local_model(self) -> RapportSettings:

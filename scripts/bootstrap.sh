@@ -12,6 +12,13 @@ if [ -z "$PYTHON_BIN" ]; then
 fi
 [ -n "$PYTHON_BIN" ] || { echo "bootstrap: Python >= 3.11 is required" >&2; exit 1; }
 
+# The storage tests run a real PostgreSQL (the pgserver wheel, tests/support/postgres.py). PostgreSQL refuses to
+# run as root, so as root pgserver runs it as the system user `pgserver` (creating it with useradd on first use);
+# create that user here, every run (it is cheap), so a fresh machine running as root (CI) has it before any test.
+if [ "$(id -u)" = 0 ] && ! id pgserver >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin pgserver
+fi
+
 EXTRAS="${RAPPORT_EXTRAS:-local,dev,train}"
 STAMP=.venv/.rapport-installed
 want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from proxy.app import create_app  # noqa: E402
 from proxy.local_upstream import packaged_gguf, start_llama_server  # noqa: E402
 from proxy.services import Services  # noqa: E402
 from proxy.settings import RapportSettings  # noqa: E402
+from tests.support.postgres import Backend, PostgresServer  # noqa: E402
+from tests.support.postgres import backend as storage_backend  # noqa: E402
 from tests.support.servers import ThreadedServer, free_port  # noqa: E402
 from tests.support.upstream import ScriptedUpstream  # noqa: E402
 
@@ -136,3 +140,37 @@ def make_rapport(
     yield _make
     for handle in handles:
         handle.stop()
+
+
+# -- storage: a real PostgreSQL (pgserver) and the embedded SQLite default ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL 16 + pgvector for the session (started on first use, stopped at the end).
+
+    Its data dir is outside pytest's numbered temp dirs: a concurrent pytest run of the same user prunes old
+    ones, which would pull the data dir from under a running server."""
+    root = Path(tempfile.mkdtemp(prefix="rapport-pg-"))
+    server = PostgresServer(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped after it)."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each storage test runs on both backends: the embedded SQLite file and a fresh PostgreSQL database."""
+    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
+    with storage_backend(request.param, tmp_path, server) as made:
+        yield made

@@ -15,6 +15,7 @@ from memory.service import MemoryOptions, MemoryService
 from proxy.entrypoints.common import loc_to_param
 from proxy.errors import InvalidRequest, ServiceUnavailable
 from proxy.pipeline.context import Exchange, RequestContext
+from rapport.core.database import Databases
 
 if TYPE_CHECKING:
     from proxy.pipeline.stage import Stage
@@ -147,10 +148,16 @@ def build_shared(services: Services) -> None:
             bf16=settings.embedding_bf16,
         )
     if services.jobs is None:
+        if services.databases is None:
+            services.databases = Databases(services.settings.database_config())
+        database = services.settings.database
         services.jobs = JobQueue(
-            services.settings.data_dir / "jobs.sqlite3",
+            services.databases.for_store("jobs"),
             workers=settings.job_workers,
             max_attempts=settings.job_max_attempts,
+            lease_s=database.job_lease_s,
+            replica_id=database.replica_id,
+            migrate=database.migrate_on_start,
         )
 
 

@@ -1,18 +1,19 @@
-"""The durable job queue: runs, retries, dedupes, survives a restart, forgets a user."""
+"""The durable job queue: runs, retries, dedupes, survives a restart, forgets a user (on both backends)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from memory.job_schema import jobs
 from memory.jobs import Job, JobQueue, Progress
+from tests.support.postgres import Backend
 
 
-async def test_job_runs_and_reports_progress(tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "jobs.sqlite3")
+async def test_job_runs_and_reports_progress(storage: Backend) -> None:
+    queue = JobQueue(storage.open())
     seen: list[dict[str, object]] = []
 
     async def handler(job: Job, progress: Progress) -> None:
@@ -25,15 +26,16 @@ async def test_job_runs_and_reports_progress(tmp_path: Path) -> None:
         job_id = await queue.enqueue("demo", {"x": 1}, tenant="t", user="u")
         job = await queue.wait(job_id, within=10)
         assert job is not None and job.status == "succeeded" and job.progress == 1.0
+        assert job.owner is None and job.lease_expires_at is None
         assert seen == [{"x": 1}]
-        jobs, total = await queue.list(status="succeeded")
-        assert total == 1 and jobs[0].id == job_id
+        jobs_, total = await queue.list(status="succeeded")
+        assert total == 1 and jobs_[0].id == job_id
     finally:
         await queue.close()
 
 
-async def test_retries_then_fails(tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "jobs.sqlite3", max_attempts=3, retry_backoff_s=0.0, poll_interval_s=0.02)
+async def test_retries_then_fails(storage: Backend) -> None:
+    queue = JobQueue(storage.open(), max_attempts=3, retry_backoff_s=0.0, poll_interval_s=0.02)
     calls: list[int] = []
 
     async def flaky(job: Job, progress: Progress) -> None:
@@ -55,8 +57,8 @@ async def test_retries_then_fails(tmp_path: Path) -> None:
         await queue.close()
 
 
-async def test_dedupe_key_pending_only(tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "jobs.sqlite3")
+async def test_dedupe_key_reuses_the_active_job(storage: Backend) -> None:
+    queue = JobQueue(storage.open())
     a = await queue.enqueue("k", {}, tenant="t", user="u", dedupe_key="summary:t:u")
     b = await queue.enqueue("k", {}, tenant="t", user="u", dedupe_key="summary:t:u")
     c = await queue.enqueue("k", {}, tenant="t", user="u", dedupe_key="other")
@@ -66,17 +68,50 @@ async def test_dedupe_key_pending_only(tmp_path: Path) -> None:
     await queue.close()
 
 
-async def test_pending_and_running_jobs_survive_restart(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    first = JobQueue(path)
+async def test_enqueue_while_running_runs_the_job_once_more(storage: Backend) -> None:
+    """New input during a run is not lost: the same job id runs again after the running attempt."""
+    queue = JobQueue(storage.open(), poll_interval_s=0.02)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    runs: list[int] = []
+
+    async def handler(job: Job, progress: Progress) -> None:
+        runs.append(len(runs) + 1)
+        started.set()
+        if len(runs) == 1:
+            await release.wait()
+
+    queue.register("sum", handler)
+    await queue.start()
+    try:
+        first = await queue.enqueue("sum", {}, tenant="t", user="u", dedupe_key="sum:t:u")
+        await asyncio.wait_for(started.wait(), 10)
+        again = await queue.enqueue("sum", {}, tenant="t", user="u", dedupe_key="sum:t:u")
+        assert again == first
+        release.set()
+        done = await queue.wait(first, within=10)
+        assert done is not None and done.status == "succeeded"
+        assert runs == [1, 2]
+        assert (await queue.list())[1] == 1
+    finally:
+        await queue.close()
+
+
+async def test_pending_and_running_jobs_survive_restart(storage: Backend) -> None:
+    first = JobQueue(storage.open())
     pending = await first.enqueue("work", {"n": 1}, tenant="t", user="u")
     crashed = await first.enqueue("work", {"n": 2}, tenant="t", user="u")
     await first.close()
-    # Simulate a crash mid-run: the row is left `running` on disk.
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE jobs SET status='running' WHERE id=?", (crashed,))
+    # Simulate a crash mid-run: the row is left `running` under a lease that has since expired.
+    db = storage.open()
+    with db.write() as conn:
+        conn.execute(
+            sa.update(jobs).where(jobs.c.id == crashed).values(
+                status="running", owner="dead-replica", lease_token="gone", lease_expires_at=1.0, attempts=1
+            )
+        )
 
-    second = JobQueue(path)
+    second = JobQueue(storage.open())
     done: list[int] = []
 
     async def handler(job: Job, progress: Progress) -> None:
@@ -89,12 +124,14 @@ async def test_pending_and_running_jobs_survive_restart(tmp_path: Path) -> None:
             job = await second.wait(job_id, within=10)
             assert job is not None and job.status == "succeeded"
         assert sorted(done) == [1, 2]
+        taken = await second.get(crashed)
+        assert taken is not None and taken.attempts == 2
     finally:
         await second.close()
 
 
-async def test_forget_user_deletes_jobs_cancels_running_and_calls_hooks(tmp_path: Path) -> None:
-    queue = JobQueue(tmp_path / "jobs.sqlite3")
+async def test_forget_user_deletes_jobs_cancels_running_and_calls_hooks(storage: Backend) -> None:
+    queue = JobQueue(storage.open())
     started = asyncio.Event()
     release = asyncio.Event()
     finished: list[str] = []
@@ -124,16 +161,16 @@ async def test_forget_user_deletes_jobs_cancels_running_and_calls_hooks(tmp_path
         assert forgotten == [("t", "alice")]
         assert await queue.wait(running, within=10) is None
         assert finished == []
-        jobs, _ = await queue.list(user="alice")
-        assert jobs == []
+        jobs_, _ = await queue.list(user="alice")
+        assert jobs_ == []
         assert (await queue.get(other)) is not None
     finally:
         await queue.close()
 
 
 @pytest.mark.parametrize("bad_kind", ["nobody-handles-this"])
-async def test_unhandled_kind_stays_pending(tmp_path: Path, bad_kind: str) -> None:
-    queue = JobQueue(tmp_path / "jobs.sqlite3", poll_interval_s=0.01)
+async def test_unhandled_kind_stays_pending(storage: Backend, bad_kind: str) -> None:
+    queue = JobQueue(storage.open(), poll_interval_s=0.01)
     queue.register("known", lambda job, progress: asyncio.sleep(0))
     await queue.start()
     try:
