@@ -84,7 +84,7 @@ def test_the_repetition_rule_on_both_sides() -> None:
         for e in range(4)
         for j, v in enumerate(["x", "y"] if e < 2 else ["x", "z"])
     ]
-    responses = {e: f"answer {e}" for e in range(4)}
+    responses = {e: f"answer {'abcd'[e]}" for e in range(4)}
     assert factor_stats(features, responses, 4).association is None
 
 
