@@ -45,8 +45,7 @@ class VASStage:
         self._services = plugin.services
 
     def wants(self, ctx: RequestContext) -> bool:
-        if ctx.endpoint != "chat":
-            return False
+        # Any endpoint: where VAS is on but cannot steer (not chat completions), before() says so.
         opt = ctx.options.vas
         if opt is not None:
             return opt is not False
@@ -54,6 +53,8 @@ class VASStage:
         return self._services.settings.vas.enabled_by_default or bool(entry and entry.personalization.vas)
 
     async def before(self, ctx: RequestContext) -> dict[str, Any]:
+        if ctx.endpoint != "chat":
+            return {"applied": False, "reason": f"not applied: VAS steers chat completions only, not {ctx.endpoint}"}
         engine = self._plugin.engine
         try:
             req = parse_request(ctx.options.vas)

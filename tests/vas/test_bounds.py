@@ -298,7 +298,11 @@ async def test_value_passes_run_on_the_engines_own_executor(tmp_path: Path) -> N
     try:
         assert engine.value_executor is not None and engine.value_executor._max_workers == 3
         session = TorchSession(SimpleNamespace(executor=engine.value_executor))  # type: ignore[arg-type]
-        session._score = lambda prefix, conts: [float(threading.current_thread().name.startswith("vas-value"))]  # type: ignore[method-assign]
+
+        def on_which_thread(prefix: str, continuations: list[str]) -> list[float]:
+            return [float(threading.current_thread().name.startswith("vas-value"))]
+
+        session._score = on_which_thread  # type: ignore[method-assign]
         assert await session.score("a", ["b"]) == [1.0]
     finally:
         await engine.close()
