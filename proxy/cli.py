@@ -289,13 +289,16 @@ def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate every store's schema; safe while replicas run (migrations hold an advisory lock)."""
     from sqlalchemy.exc import OperationalError
 
-    from rapport.core.database import Databases
+    from rapport.core.database import Databases, Dialect
     from rapport.core.migrations import SchemaTooNew, migrate
 
     settings = _settings(config)
     databases = Databases(settings.database_config())
     try:
+        dialect: Dialect = "postgresql" if databases.shared else "sqlite"
         for schema in known_schemas():
+            if not schema.applies_to(dialect):
+                continue
             try:
                 before, after = migrate(databases.for_store(schema.store), schema)
             except SchemaTooNew as exc:

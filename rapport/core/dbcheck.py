@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from rapport.core.database import Database, Databases
+from rapport.core.database import Database, Databases, Dialect
 from rapport.core.migrations import Schema, state
 
 
@@ -48,7 +48,10 @@ def check_databases(databases: Databases, schemas: Iterable[Schema], *, migrate_
     password = databases.config.url and sa.engine.make_url(databases.config.url).password
     secret = str(password) if password else None
     reached: dict[int, bool] = {}
+    dialect: Dialect = "postgresql" if databases.shared else "sqlite"
     for schema in schemas:
+        if not schema.applies_to(dialect):
+            continue
         db = databases.for_store(schema.store)
         if id(db) not in reached:
             try:

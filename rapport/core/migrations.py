@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from rapport.core.database import Database
+from rapport.core.database import Database, Dialect
 
 VERSION_TABLE = "rapport_schema"
 # One lock for every component: migrations are rare and short, and one lock cannot deadlock with another.
@@ -54,6 +54,8 @@ class Schema:
     # The store whose database holds it (embedded: the SQLite file `<store>.sqlite3`).
     store: str
     migrations: tuple[Migration, ...]
+    # The backends the component lives on: a PostgreSQL-only one (pgvector) is skipped on the embedded default.
+    backends: tuple[Dialect, ...] = ("sqlite", "postgresql")
 
     def __post_init__(self) -> None:
         versions = [m.version for m in self.migrations]
@@ -63,6 +65,9 @@ class Schema:
     @property
     def latest(self) -> int:
         return len(self.migrations)
+
+    def applies_to(self, dialect: Dialect) -> bool:
+        return dialect in self.backends
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,8 @@ def migrate(db: Database, schema: Schema) -> tuple[int, int]:
     Under the migration advisory lock, so replicas that start together apply each step once; the second one
     finds the work done.
     """
+    if not schema.applies_to(db.dialect):
+        raise SchemaError(f"the {schema.component} store needs {' or '.join(schema.backends)}, not {db.dialect}")
     with db.write() as conn:
         db.lock(conn, MIGRATION_LOCK)
         _version_table.create(conn, checkfirst=True)

@@ -15,7 +15,7 @@ from memory.jobs import JobQueue
 from proxy.cli import app
 from rapport.core.database import Database, DatabaseConfig, Databases
 from rapport.core.dbcheck import check_databases
-from rapport.core.migrations import SchemaOutdated, SchemaTooNew, migrate, state
+from rapport.core.migrations import Migration, Schema, SchemaOutdated, SchemaTooNew, migrate, state
 from tests.support.postgres import Backend, PostgresServer
 
 
@@ -138,3 +138,26 @@ def test_doctor_check_reports_an_unreachable_database_without_the_password(tmp_p
     assert [c.ok for c in checks] == [False]
     assert checks[0].name == f"database postgresql://{tmp_path}/rapport"
     assert "s3cret-pw" not in checks[0].detail and "OperationalError" in checks[0].detail
+
+
+def test_db_upgrade_on_the_embedded_default_migrates_the_data_dir_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAPPORT_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "jobs: migrated 0 -> 2" in result.output
+    db = Database.sqlite(tmp_path / "jobs.sqlite3")
+    try:
+        assert state(db, SCHEMA).current == SCHEMA.latest
+    finally:
+        db.close()
+    # A PostgreSQL-only component (pgvector) is not part of the embedded default: no check, no file.
+    vectors = Schema("vectors", "vectors", (Migration(1, "noop", lambda conn, db: None),), backends=("postgresql",))
+    databases = Databases(DatabaseConfig(url=None, data_dir=tmp_path))
+    try:
+        names = [check.name for check in check_databases(databases, [SCHEMA, vectors])]
+    finally:
+        databases.close()
+    assert names == ["database sqlite jobs.sqlite3", "schema jobs"]
+    assert not (tmp_path / "vectors.sqlite3").exists()
