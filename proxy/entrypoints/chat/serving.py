@@ -15,6 +15,7 @@ from proxy.auth.deps import Principal
 from proxy.entrypoints.admission import admit
 from proxy.entrypoints.chat.choice_filters import ChoiceFilters
 from proxy.entrypoints.chat.protocol import ChatCompletionRequest
+from proxy.entrypoints.chat.shown_logprobs import trim_message_logprobs
 from proxy.entrypoints.common import sse_data, stream_error_event
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
@@ -68,11 +69,14 @@ class ChatServing:
         else:
             result = await self.services.upstream.chat(ctx.model, ctx.body)
         self._count_tokens(ctx.model, result.get("usage"))
-        # Every choice is finalized (n > 1 too); the exchange recorded is choice 0's.
+        # Every choice is finalized (n > 1 too), its log-probabilities with it; the exchange recorded is
+        # choice 0's.
         for choice in result.get("choices") or []:
             message = choice.get("message") if isinstance(choice, dict) else None
             if isinstance(message, dict) and isinstance(message.get("content"), str):
-                message["content"] = self.pipeline.finalize_text(ctx, ran, message["content"])
+                raw = message["content"]
+                message["content"] = self.pipeline.finalize_text(ctx, ran, raw)
+                trim_message_logprobs(choice, raw, message["content"])
         text, finish = _answer_text(result)
         if ctx.user is not None:
             result["rapport"] = self.pipeline.extension(ctx)
