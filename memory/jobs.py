@@ -30,21 +30,23 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
 from memory.job_schema import ACTIVE_DEDUPE, SCHEMA, jobs
+from memory.job_table import NOW, Job, JobStatus, JobTable, to_job
 from rapport.core.database import Database
 from rapport.core.migrations import ensure
 
+__all__ = ["ForgetHook", "Handler", "Job", "JobCancelled", "JobQueue", "JobStatus", "Progress"]
+
 log = logging.getLogger("rapport.jobs")
 
-JobStatus = Literal["pending", "running", "succeeded", "failed"]
 ForgetHook = Callable[[str, str], Awaitable[Any]]
 T = TypeVar("T")
 
@@ -67,56 +69,6 @@ class Progress(Protocol):
 
 Handler = Callable[["Job", Progress], Awaitable[None]]
 
-
-@dataclass(slots=True)
-class Job:
-    id: str
-    kind: str
-    payload: dict[str, Any]
-    tenant: str
-    user: str
-    status: JobStatus
-    attempts: int
-    max_attempts: int
-    progress: float
-    message: str | None
-    error: str | None
-    created_at: float
-    updated_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    dedupe_key: str | None = None
-    owner: str | None = None
-    lease_expires_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("extra", None)
-        return out
-
-
-def _to_job(row: RowMapping) -> Job:
-    return Job(
-        id=row["id"],
-        kind=row["kind"],
-        payload=json.loads(row["payload"]),
-        tenant=row["tenant"],
-        user=row["user"],
-        status=row["status"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        progress=row["progress"],
-        message=row["message"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        dedupe_key=row["dedupe_key"],
-        owner=row["owner"],
-        lease_expires_at=row["lease_expires_at"],
-    )
 
 
 def default_replica_id() -> str:
@@ -154,9 +106,9 @@ class JobQueue:
         self.replica_id = replica_id or default_replica_id()
         self._workers = workers
         self._max_attempts = max_attempts
-        self._backoff = retry_backoff_s
         self._poll = poll_interval_s
         self.lease_s = lease_s
+        self._table = JobTable(self.db, replica_id=self.replica_id, lease_s=lease_s, retry_backoff_s=retry_backoff_s)
         self._handlers: dict[str, Handler] = {}
         self._forget_hooks: dict[str, ForgetHook] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,9 +130,6 @@ class JobQueue:
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
 
-    def _now(self, conn: Connection) -> float:
-        return float(conn.execute(sa.select(self.db.now())).scalar_one())
-
     # -- producer side ------------------------------------------------------------------------------
 
     async def enqueue(
@@ -199,7 +148,7 @@ class JobQueue:
 
         def insert() -> str:
             with self.db.write() as conn:
-                now = self._now(conn)
+                now = self._table.now(conn)
                 row = {
                     "id": uuid.uuid4().hex, "kind": kind, "payload": body, "tenant": tenant, "user": user,
                     "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "max_attempts": attempts,
@@ -226,7 +175,7 @@ class JobQueue:
                 return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
 
         row = await self.db.run(fetch)
-        return _to_job(row) if row is not None else None
+        return to_job(row) if row is not None else None
 
     async def list(
         self,
@@ -254,7 +203,7 @@ class JobQueue:
                 return list(rows), int(total)
 
         rows, total = await self.db.run(query)
-        return [_to_job(r) for r in rows], total
+        return [to_job(r) for r in rows], total
 
     async def counts(self) -> dict[str, int]:
         def query() -> dict[str, int]:
@@ -331,52 +280,11 @@ class JobQueue:
     def running(self) -> bool:
         return bool(self._tasks) and not self._closed
 
-    def _claim_sync(self, kinds: Sequence[str]) -> tuple[Job, str] | None:
-        token = uuid.uuid4().hex
-        with self.db.write() as conn:
-            now = self._now(conn)
-            expired = sa.and_(
-                jobs.c.status == "running",
-                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
-            )
-            runnable = sa.or_(sa.and_(jobs.c.status == "pending", jobs.c.run_after <= now), expired)
-            for _ in range(16):
-                row = conn.execute(
-                    sa.select(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.max_attempts)
-                    .where(jobs.c.kind.in_(kinds), runnable)
-                    .order_by(jobs.c.created_at)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if row is None:
-                    return None
-                if row.status == "running" and row.attempts >= row.max_attempts:
-                    # Its replica died on every attempt: a job that kills its worker must not loop forever.
-                    conn.execute(
-                        sa.update(jobs).where(jobs.c.id == row.id).values(
-                            status="failed", finished_at=now, updated_at=now, owner=None, lease_token=None,
-                            lease_expires_at=None,
-                            error=f"lease expired on attempt {row.attempts} of {row.max_attempts}: the replica running it stopped",
-                        )
-                    )
-                    continue
-                claimed = conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.id == row.id)
-                    .values(
-                        status="running", attempts=jobs.c.attempts + 1, started_at=now, updated_at=now,
-                        owner=self.replica_id, lease_token=token, lease_expires_at=now + self.lease_s,
-                    )
-                    .returning(*jobs.c)
-                ).mappings().one()
-                return _to_job(claimed), token
-        return None
-
     async def _claim(self) -> tuple[Job, str] | None:
         kinds = list(self._handlers)
         if not kinds:
             return None
-        return await self.db.run(self._claim_sync, kinds)
+        return await self.db.run(self._table.claim, kinds)
 
     async def _worker(self) -> None:
         assert self._wake is not None
@@ -393,54 +301,14 @@ class JobQueue:
                 except TimeoutError:
                     pass
                 continue
-            await self._execute(*claimed)
+            try:
+                await self._execute(*claimed)
+            except Exception:
+                # Most likely the database went away while the outcome was written: the job stays under this
+                # worker's lease until it expires, then runs again. The worker itself goes on.
+                log.exception("job %s: writing its outcome failed", claimed[0].id)
 
     # -- writes under the lease ---------------------------------------------------------------------
-
-    def _held(self, conn: Connection, running: _Running) -> RowMapping | None:
-        """Lock the job's row if this worker still holds its lease (same transaction as the write after)."""
-        return conn.execute(
-            sa.select(jobs.c.rerun, jobs.c.attempts, jobs.c.max_attempts)
-            .where(jobs.c.id == running.job.id, jobs.c.lease_token == running.token, jobs.c.status == "running")
-            .with_for_update()
-        ).mappings().first()
-
-    def _renew_sync(self, running: _Running, values: dict[str, Any]) -> bool:
-        with self.db.write() as conn:
-            now = self._now(conn)
-            result = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == running.job.id, jobs.c.lease_token == running.token, jobs.c.status == "running")
-                .values(lease_expires_at=now + self.lease_s, **{k: (now if v is _NOW else v) for k, v in values.items()})
-            )
-            return bool(result.rowcount)
-
-    def _settle_sync(self, running: _Running, outcome: str, error: str | None = None,
-                     write: Callable[[Connection], Any] | None = None) -> tuple[bool, Any]:
-        """Write the job's outcome ('succeeded', 'failed' or 'released') if the lease is still held."""
-        with self.db.write() as conn:
-            held = self._held(conn, running)
-            if held is None:
-                return False, None
-            result = write(conn) if write is not None else None
-            now = self._now(conn)
-            base: dict[str, Any] = {"owner": None, "lease_token": None, "lease_expires_at": None, "updated_at": now}
-            if outcome == "released":
-                # Shutdown interrupted the attempt; it did not fail, so it does not count.
-                values = {**base, "status": "pending", "attempts": max(held["attempts"] - 1, 0), "run_after": 0.0}
-            elif held["rerun"]:
-                # New input arrived while it ran: one more run, from a clean slate.
-                values = {**base, "status": "pending", "attempts": 0, "rerun": False, "progress": 0.0,
-                          "run_after": 0.0, "error": error}
-            elif outcome == "succeeded":
-                values = {**base, "status": "succeeded", "progress": 1.0, "error": None, "finished_at": now}
-            else:
-                final = held["attempts"] >= held["max_attempts"]
-                delay = self._backoff * (2 ** (held["attempts"] - 1))
-                values = {**base, "status": "failed" if final else "pending", "error": error,
-                          "run_after": now + (0.0 if final else delay), "finished_at": now if final else None}
-            conn.execute(sa.update(jobs).where(jobs.c.id == running.job.id).values(**values))
-            return True, result
 
     def _lose(self, running: _Running, why: str) -> None:
         if running.lost:
@@ -457,7 +325,7 @@ class JobQueue:
         while not running.lost:
             await asyncio.sleep(interval)
             try:
-                held = await self.db.run(self._renew_sync, running, {})
+                held = await self.db.run(self._table.renew, running.job.id, running.token, {})
             except Exception as exc:
                 log.warning("renewing the lease of job %s failed: %s", running.job.id, exc)
                 if time.monotonic() - renewed > self.lease_s:
@@ -485,7 +353,7 @@ class JobQueue:
             await asyncio.gather(running.task, return_exceptions=True)
             if not running.lost and not running.completed:
                 try:
-                    await self.db.run(self._settle_sync, running, "released")
+                    await self.db.run(self._table.settle, running.job.id, running.token, "released")
                 except Exception:
                     log.exception("releasing job %s failed; it is taken over when its lease expires", job.id)
             raise
@@ -500,16 +368,13 @@ class JobQueue:
         if isinstance(exc, JobCancelled):
             return
         if exc is None:
-            ok, _ = await self.db.run(self._settle_sync, running, "succeeded")
+            ok, _ = await self.db.run(self._table.settle, running.job.id, running.token, "succeeded")
         else:
             log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
             error = f"{exc.__class__.__name__}: {exc}"[:2000]
-            ok, _ = await self.db.run(self._settle_sync, running, "failed", error)
+            ok, _ = await self.db.run(self._table.settle, running.job.id, running.token, "failed", error)
         if not ok:
             log.info("job %s (%s): lease lost before its outcome was written; nothing written", job.id, job.kind)
-
-
-_NOW = object()  # in a renewal's values: the database's clock
 
 
 class _JobProgress:
@@ -524,7 +389,8 @@ class _JobProgress:
             raise JobCancelled(self._running.job.id)
         value = min(max(float(fraction), 0.0), 1.0)
         held = await self._queue.db.run(
-            self._queue._renew_sync, self._running, {"progress": value, "message": message, "updated_at": _NOW}
+            self._queue._table.renew, self._running.job.id, self._running.token,
+            {"progress": value, "message": message, "updated_at": NOW},
         )
         if not held:
             self._running.lost = True
@@ -533,7 +399,9 @@ class _JobProgress:
     async def complete(self, write: Callable[[Connection], T]) -> T:
         if self._running.lost:
             raise JobCancelled(self._running.job.id)
-        ok, result = await self._queue.db.run(self._queue._settle_sync, self._running, "succeeded", None, write)
+        ok, result = await self._queue.db.run(
+            self._queue._table.settle, self._running.job.id, self._running.token, "succeeded", None, write
+        )
         if not ok:
             self._running.lost = True
             raise JobCancelled(self._running.job.id)
