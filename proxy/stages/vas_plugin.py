@@ -27,6 +27,7 @@ from reasoning.vas.backends import ValueBackendDown
 from reasoning.vas.base_lm import BaseLM, BaseLMError, ChatPrefillLM, CompletionsLM
 from reasoning.vas.decoding import DecodeResult
 from reasoning.vas.engine import Plan, VASEngine, VASOptionError, parse_request
+from reasoning.vas.llama_base import LlamaCppLM
 from reasoning.vas.request_fit import text_messages, unsupported
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class VASStage:
         engine = self._plugin.engine
         if engine.template_tokenizer is None and engine.settings.base_api == "completions":
             return "no chat template for the base model (vas.prompt_template)"
+        if engine.settings.base_api == "llama_cpp" and engine.base_model is None:
+            return f"in-process base model unavailable: {engine.base_error or 'not loaded'}"
         if plan.params.beta == 0 or not plan.weights:
             return None
         for name in plan.weights:
@@ -99,7 +102,10 @@ class VASStage:
         return _STATE in ctx.state
 
     def _base(self, ctx: RequestContext, upstream: Upstream) -> BaseLM:
-        settings = self._plugin.engine.settings
+        engine = self._plugin.engine
+        settings = engine.settings
+        if settings.base_api == "llama_cpp" and engine.base_model is not None:
+            return LlamaCppLM(engine.base_model, engine.render)
         if settings.base_api == "chat_prefill":
             async def post_chat(path: str, body: dict[str, Any]) -> dict[str, Any]:
                 return await upstream.chat(body)

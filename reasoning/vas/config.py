@@ -43,8 +43,13 @@ class VASSettings(BaseModel):
     best_of: int = Field(default=4, ge=1, le=64)
     # How VAS continues a partial answer: `completions` renders the chat with a template and calls
     # /completions (llama.cpp, vLLM, TGI...); `chat_prefill` sends the partial answer as a final assistant
-    # message with continue_final_message (vLLM's chat API).
-    base_api: Literal["completions", "chat_prefill"] = "completions"
+    # message with continue_final_message (vLLM's chat API); `llama_cpp` runs the base in-process on a
+    # GGUF by token id (end of text and byte tokens told apart: CJK and emoji work), which must be the
+    # model the request's upstream serves: VAS then makes no upstream call for steered answers.
+    base_api: Literal["completions", "chat_prefill", "llama_cpp"] = "completions"
+    base_gguf: Path | None = None  # llama_cpp: the GGUF file; None: the packaged SmolLM2
+    base_n_ctx: int = Field(default=4096, ge=256, le=131072)
+    base_threads: int = Field(default=1, ge=1, le=256)
     # Tokenizer directory whose chat template renders prompts for `completions`; None: the first torch
     # value model's (right when it was trained from the base model's own backbone, as by default).
     prompt_template: Path | None = None

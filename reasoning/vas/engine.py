@@ -21,8 +21,9 @@ from reasoning.vas.base_lm import BaseLM, Messages
 from reasoning.vas.bounds import Limits
 from reasoning.vas.config import VASSettings
 from reasoning.vas.decoding import ComposedValue, DecodeParams, DecodeResult, Emit, decode
+from reasoning.vas.llama_base import LlamaCppModel
 from reasoning.vas.store import ProfileStore
-from reasoning.vas.value_model import render_prompt
+from reasoning.vas.value_model import packaged_gguf, render_prompt
 
 log = logging.getLogger("rapport.vas")
 
@@ -81,6 +82,8 @@ class VASEngine:
         self.load_errors: dict[str, str] = {}
         # Value passes run here, not on the default executor (created on load, shut down on close).
         self.value_executor: ThreadPoolExecutor | None = None
+        self.base_model: LlamaCppModel | None = None  # base_api llama_cpp: the in-process base
+        self.base_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -111,12 +114,21 @@ class VASEngine:
             self.template_tokenizer = AutoTokenizer.from_pretrained(str(self.settings.prompt_template))
         else:
             self.template_tokenizer = next((t for t in self.tokenizers.values() if t is not None), None)
+        if self.settings.base_api == "llama_cpp":
+            try:
+                gguf = self.settings.base_gguf or packaged_gguf()
+                self.base_model = LlamaCppModel(gguf, self.settings.base_n_ctx, self.settings.base_threads)
+            except Exception as exc:
+                log.exception("the in-process base model failed to load")
+                self.base_error = f"{exc.__class__.__name__}: {exc}"[:300]
 
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.close()
         if self.value_executor is not None:
             self.value_executor.shutdown(wait=False, cancel_futures=True)
+        if self.base_model is not None:
+            self.base_model.close()
         self.store.close()
 
     async def ready(self) -> tuple[bool, str]:
@@ -129,6 +141,8 @@ class VASEngine:
     # -- per request ----------------------------------------------------------------------------------
 
     def render(self, messages: Messages) -> str:
+        if self.template_tokenizer is None and self.base_model is not None:
+            return self.base_model.render(messages)  # the GGUF's own chat template
         if self.template_tokenizer is None:
             raise RuntimeError("no chat template for the base model: set vas.prompt_template")
         return render_prompt(self.template_tokenizer, messages)
