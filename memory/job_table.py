@@ -49,6 +49,24 @@ class Job:
         return out
 
 
+def store_text(text: str) -> str:
+    """Text as the jobs table can hold it on both backends: PostgreSQL's text cannot contain NUL, which callers
+    use as a separator in dedupe keys. Reversible (`read_text`), so distinct keys stay distinct."""
+    return text.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
+def read_text(text: str) -> str:
+    out: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append("\x00" if following == "0" else following)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def to_job(row: RowMapping) -> Job:
     return Job(
         id=row["id"],
@@ -66,7 +84,7 @@ def to_job(row: RowMapping) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
-        dedupe_key=row["dedupe_key"],
+        dedupe_key=read_text(row["dedupe_key"]) if row["dedupe_key"] is not None else None,
         owner=row["owner"],
         lease_expires_at=row["lease_expires_at"],
     )

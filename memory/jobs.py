@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
 from memory.job_schema import ACTIVE_DEDUPE, SCHEMA, jobs
-from memory.job_table import NOW, Job, JobStatus, JobTable, to_job
+from memory.job_table import NOW, Job, JobStatus, JobTable, store_text, to_job
 from rapport.core.database import Database
 from rapport.core.migrations import ensure
 
@@ -151,7 +151,7 @@ class JobQueue:
                 now = self._table.now(conn)
                 row = {
                     "id": uuid.uuid4().hex, "kind": kind, "payload": body, "tenant": tenant, "user": user,
-                    "dedupe_key": dedupe_key, "status": "pending", "attempts": 0, "max_attempts": attempts,
+                    "dedupe_key": store_text(dedupe_key) if dedupe_key is not None else None, "status": "pending", "attempts": 0, "max_attempts": attempts,
                     "progress": 0.0, "created_at": now, "updated_at": now, "run_after": 0.0, "rerun": False,
                 }
                 stmt = self.db.insert(jobs).values(**row)
@@ -371,7 +371,7 @@ class JobQueue:
             ok, _ = await self.db.run(self._table.settle, running.job.id, running.token, "succeeded")
         else:
             log.warning("job %s (%s) attempt %d failed: %s", job.id, job.kind, job.attempts, exc)
-            error = f"{exc.__class__.__name__}: {exc}"[:2000]
+            error = store_text(f"{exc.__class__.__name__}: {exc}"[:2000])
             ok, _ = await self.db.run(self._table.settle, running.job.id, running.token, "failed", error)
         if not ok:
             log.info("job %s (%s): lease lost before its outcome was written; nothing written", job.id, job.kind)
@@ -390,7 +390,7 @@ class _JobProgress:
         value = min(max(float(fraction), 0.0), 1.0)
         held = await self._queue.db.run(
             self._queue._table.renew, self._running.job.id, self._running.token,
-            {"progress": value, "message": message, "updated_at": NOW},
+            {"progress": value, "message": store_text(message) if message is not None else None, "updated_at": NOW},
         )
         if not held:
             self._running.lost = True

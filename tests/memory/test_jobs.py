@@ -68,6 +68,28 @@ async def test_dedupe_key_reuses_the_active_job(storage: Backend) -> None:
     await queue.close()
 
 
+async def test_dedupe_keys_and_messages_with_nul_bytes(storage: Backend) -> None:
+    """The memory service separates its dedupe key's parts with NUL, which PostgreSQL's text cannot hold."""
+    queue = JobQueue(storage.open(), poll_interval_s=0.02)
+
+    async def handler(job: Job, progress: Progress) -> None:
+        await progress(0.5, "step\x00one")
+
+    queue.register("k", handler)
+    key = "summary\x00t\x00u\x00general"
+    a = await queue.enqueue("k", {}, tenant="t", user="u", dedupe_key=key)
+    assert await queue.enqueue("k", {}, tenant="t", user="u", dedupe_key=key) == a
+    assert await queue.enqueue("k", {}, tenant="t", user="u", dedupe_key="summary\\0t\\0u\\0general") != a
+    job = await queue.get(a)
+    assert job is not None and job.dedupe_key == key
+    await queue.start()
+    try:
+        done = await queue.wait(a, within=10)
+        assert done is not None and done.status == "succeeded"
+    finally:
+        await queue.close()
+
+
 async def test_enqueue_while_running_runs_the_job_once_more(storage: Backend) -> None:
     """New input during a run is not lost: the same job id runs again after the running attempt."""
     queue = JobQueue(storage.open(), poll_interval_s=0.02)
