@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import struct
 import tempfile
 import time
@@ -141,6 +142,9 @@ def time_global(
     try:
         cursor = raw.cursor()
         cursor.execute(f"SET hnsw.ef_search = {ef}")
+        # Measure the index itself: with few rows a user, the planner prefers a sequential scan of the whole
+        # table (exact, and slower than the btree layout), which would say nothing about the index.
+        cursor.execute("SET enable_seqscan = off")
         for user, q in targets:
             literal = "[" + ",".join(format(float(x), ".9g") for x in q) + "]"
             start = time.perf_counter()
@@ -158,11 +162,25 @@ def time_global(
     return percentiles(samples), found
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def sql(db: Database, statement: str) -> float:
     start = time.perf_counter()
     with db.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(statement)
     return round(time.perf_counter() - start, 2)
+
+
+def merge_run(path: Path, label: str, result: dict[str, Any]) -> None:
+    """Keep one entry per data shape in the results file, so runs at several scales sit side by side."""
+    runs: dict[str, Any] = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+    runs[label] = result
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -176,6 +194,7 @@ def main() -> None:
     parser.add_argument(
         "--global-hnsw", action="store_true", help="also build and time one global HNSW index"
     )
+    parser.add_argument("--global-ef", default="40,400,1000", help="ef_search values for the global index")
     parser.add_argument("--out", default=str(RESULTS / "pg_index.json"))
     args = parser.parse_args()
 
@@ -187,7 +206,14 @@ def main() -> None:
     server: Any = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
     db = Database.postgres(server.get_uri("postgres"), pool_size=2, max_overflow=0)
     result: dict[str, Any] = {
-        "config": {**vars(args), "dim": DIM, "k": K, "postgres": db.ping(), "vectors": "random, clustered"},
+        "config": {
+            **vars(args),
+            "dim": DIM,
+            "k": K,
+            "postgres": db.ping(),
+            "vectors": "random, clustered",
+            "load_average_at_start": list(os.getloadavg()),
+        },
     }
     try:
         sql(db, "ALTER SYSTEM SET maintenance_work_mem = '1GB'")
@@ -242,6 +268,11 @@ def main() -> None:
                     "recall": recall(found, exact_ids(user, vecs, qs)),
                 }
             )
+        # Memory per user must not be resident: one query for each of up to 10k distinct users, RSS before/after.
+        distinct = order[: min(len(order), 10_000)]
+        before = rss_mb()
+        time_store(store, [(u, ordinary[u][0]) for u in distinct])
+        result["rss"] = {"distinct_users_queried": len(distinct), "before_mb": before, "after_mb": rss_mb()}
         big_near = near_queries(rng, big, args.queries)
         big_random = unit(rng.standard_normal((args.queries, DIM)).astype(np.float32))
         big_truth = {"near": exact_ids("big", big, big_near), "random": exact_ids("big", big, big_random)}
@@ -282,7 +313,7 @@ def main() -> None:
                 db, f"CREATE INDEX ON bench_global USING hnsw ((embedding::vector({DIM})) vector_cosine_ops)"
             )
             sql(db, "ANALYZE bench_global")
-            for ef in (40, 400):
+            for ef in map(int, args.global_ef.split(",")):
                 stats, found = time_global(db, targets, ef)
                 layouts.append(
                     {
@@ -313,7 +344,8 @@ def main() -> None:
             str(row["recall"]),
         )
     console.print(table)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    label = f"{args.users} users x {args.per_user} + big user {args.big}"
+    merge_run(Path(args.out), label, result)
     console.print(f"wrote {args.out}")
 
 
