@@ -146,6 +146,17 @@ class JobTable:
                 return to_job(claimed), token
         return None
 
+    def release_all(self) -> int:
+        """Put every running job back to pending: only for a database no other process uses."""
+        with self.db.write() as conn:
+            now = self.now(conn)
+            result = conn.execute(
+                sa.update(jobs).where(jobs.c.status == "running").values(
+                    status="pending", owner=None, lease_token=None, lease_expires_at=None, updated_at=now
+                )
+            )
+            return int(result.rowcount)
+
     def _mine(self, job_id: str, token: str) -> sa.ColumnElement[bool]:
         return sa.and_(jobs.c.id == job_id, jobs.c.lease_token == token, jobs.c.status == "running")
 

@@ -98,9 +98,13 @@ class JobQueue:
         lease_s: float = 30.0,
         replica_id: str | None = None,
         migrate: bool = True,
+        exclusive: bool | None = None,
     ) -> None:
         # A path is the embedded convenience for tools and benches: the queue then owns that SQLite file.
         self._owns_db = not isinstance(database, Database)
+        # Exclusive: no other process uses this database (the embedded store, held under the data dir's lock),
+        # so a job `running` at start is an orphan of a crash and resumes at once instead of after its lease.
+        self._exclusive = self._owns_db if exclusive is None else exclusive
         self.db = database if isinstance(database, Database) else Database.sqlite(database)
         ensure(self.db, SCHEMA, migrate_on_start=migrate)
         self.replica_id = replica_id or default_replica_id()
@@ -251,8 +255,10 @@ class JobQueue:
     async def start(self) -> None:
         if self._tasks:
             return
-        # Nothing is reset here: a job left running by a crash is taken over once its lease expires, and jobs
-        # other replicas are running are theirs.
+        # Shared: nothing is reset; a job left running by a crash is taken over once its lease expires, and jobs
+        # other replicas run are theirs.
+        if self._exclusive:
+            await self.db.run(self._table.release_all)
         self._wake = asyncio.Event()
         self._closed = False
         for i in range(self._workers):

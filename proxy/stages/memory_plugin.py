@@ -158,6 +158,9 @@ def build_shared(services: Services) -> None:
             lease_s=database.job_lease_s,
             replica_id=database.replica_id,
             migrate=database.migrate_on_start,
+            # The embedded store has one serving process (its data dir is locked), so a job running at start
+            # was orphaned by a crash; with shared state, other replicas' running jobs are theirs.
+            exclusive=not services.databases.shared,
         )
 
 

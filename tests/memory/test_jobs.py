@@ -152,6 +152,42 @@ async def test_pending_and_running_jobs_survive_restart(storage: Backend) -> Non
         await second.close()
 
 
+@pytest.mark.parametrize("exclusive", [True, False])
+async def test_a_job_orphaned_under_a_live_lease(storage: Backend, exclusive: bool) -> None:
+    """Exclusive (the embedded store, one process): a job `running` at start is an orphan and resumes at once.
+    Shared: it may be another replica's, so it is left alone until its lease expires."""
+    first = JobQueue(storage.open())
+    orphan = await first.enqueue("work", {}, tenant="t", user="u")
+    await first.close()
+    db = storage.open()
+    with db.write() as conn:
+        conn.execute(
+            sa.update(jobs).where(jobs.c.id == orphan).values(
+                status="running", owner="before-the-crash", lease_token="old", lease_expires_at=4e9, attempts=1
+            )
+        )
+    second = JobQueue(storage.open(), exclusive=exclusive, poll_interval_s=0.02)
+    ran: list[str] = []
+
+    async def handler(job: Job, progress: Progress) -> None:
+        ran.append(job.id)
+
+    second.register("work", handler)
+    marker = await second.enqueue("work", {}, tenant="t", user="u")
+    await second.start()
+    try:
+        assert (await second.wait(marker, within=10)) is not None
+        if exclusive:
+            done = await second.wait(orphan, within=10)
+            assert done is not None and done.status == "succeeded" and ran == [orphan, marker]
+        else:
+            left = await second.get(orphan)
+            assert left is not None and left.status == "running" and left.owner == "before-the-crash"
+            assert ran == [marker]
+    finally:
+        await second.close()
+
+
 async def test_forget_user_deletes_jobs_cancels_running_and_calls_hooks(storage: Backend) -> None:
     queue = JobQueue(storage.open())
     started = asyncio.Event()
