@@ -322,3 +322,28 @@ def test_vas_steers_a_plain_request_with_every_stage_on(
     system = _leading(sent[0]["messages"])
     assert PREFERENCE in system and REASONING_INSTRUCTION in system
     assert [m["role"] for m in sent[0]["messages"]] == ["system", "user"]
+
+
+@pytest.mark.parametrize("stages", ["rpm", "all"])
+def test_usage_on_every_chunk_leaves_each_choices_filter_running(
+    stages: str, upstream: ScriptedUpstream, sync_client: openai.OpenAI
+) -> None:
+    """A server asked for usage on every chunk (vLLM's `stream_options.continuous_usage_stats`, which the
+    client may ask for) sends it beside content: only the final usage chunk, the one without choices, ends
+    the choices' filters. Before, every chunk with usage flushed them, so each choice's held-back partial tag
+    and the rest of its reasoning went out as text."""
+    events = stream_events("n2", rpm=True)
+    for count, event in enumerate(events[:-1], start=1):
+        event["usage"] = {"prompt_tokens": 31, "completion_tokens": count, "total_tokens": 31 + count}
+    upstream.script(Reply(kind="stream", events=events))
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    reader = ChunkReader()
+    for part in sync_client.chat.completions.create(
+        model=MODEL, **chat_request("n2"), stream=True, stream_options=options,  # type: ignore[arg-type]
+        extra_body={"rapport": {**STAGE_SETS[stages], "record": False}},
+    ):
+        reader.feed(part)
+    got = reader.done()
+    assert upstream.requests[0].json["stream_options"] == options
+    assert got.texts == {0: ANSWERS[0], 1: ANSWERS[1]} and got.finish == {0: "stop", 1: "stop"}
+    assert got.usage is not None and got.usage["total_tokens"] == 38

@@ -42,19 +42,21 @@ class ChunkReader:
     def __init__(self) -> None:
         self.got = Got()
         self.first = True
+        self.ended = False
         self.roles: dict[int, int] = {}
         self.args: dict[tuple[int, int], list[str]] = {}
         self.heads: dict[tuple[int, int], tuple[str, str]] = {}
 
     def feed(self, part: Any) -> None:
         got = self.got
-        assert got.usage is None, f"a chunk after the usage chunk: {part}"
+        assert not self.ended, f"a chunk after the usage chunk: {part}"
         extension = (part.model_extra or {}).get("rapport")
         if self.first:
             assert extension is not None and "stages" in extension, "the first chunk carries the rapport extension"
             got.rapport, self.first = extension, False
         if part.usage is not None:
-            got.usage = part.usage.model_dump()
+            # The usage chunk is the one without choices (a server may report usage on every chunk too).
+            got.usage, self.ended = part.usage.model_dump(), not part.choices
         for choice in part.choices:
             i = choice.index
             assert i not in got.finish, f"choice {i} got a chunk after it finished: {choice}"

@@ -3,8 +3,8 @@
 Each choice index gets its own chain of filters (a filter holds state: an open `<reasoning>` block, a
 partial tag), made on the choice's first delta. What a chain still holds when its choice finishes goes out
 in a chunk of its own just before the chunk that carries that choice's `finish_reason`, and anything
-still held when the usage chunk or the end of the stream comes goes out before them, so a client never
-reads content after a choice finished. A choice's log-probabilities follow its text: each chunk carries the
+still held when the usage chunk (the one without choices) or the end of the stream comes goes out before
+them, so a client never reads content after a choice finished. A choice's log-probabilities follow its text: each chunk carries the
 entries of the text it shows, and the entries of removed text are dropped (see shown_logprobs).
 """
 
@@ -66,7 +66,9 @@ class ChoiceFilters:
                     tails[index] = (tail, delta.pop("role", None), tail_entries)
                 elif tail:
                     tails[index] = (tail, None, tail_entries)
-        if event.get("usage"):
+        if event.get("usage") and not choices:
+            # The usage chunk (no choices) comes last: what is still held goes out before it. Usage beside
+            # choices (a server reporting it on every chunk) ends nothing.
             tails.update((index, (tail, None, entries)) for index, (tail, entries) in self.close_all().items())
         return [*(self._chunk(index, tail, role, entries) for index, (tail, role, entries) in tails.items()), event]
 
