@@ -15,9 +15,10 @@ numbers in bench/results/pg_index.json):
   0.6: its exact top-10 are barely nearer than the rest (similarity near 0) and the graph walk misses them.
 
   Rejected: one global HNSW index over all users with a `WHERE tenant, user` filter. pgvector 0.6 walks
-  `ef_search` candidates across all users and filters afterwards: at 1k users (100k rows) it returned 21% of
-  a user's true top-10 at the default ef_search 40 (fast and wrong), and needs ef_search 400 for 0.99 there,
-  a width that shrinks in effect as users are added (each holds a smaller share of the candidates).
+  `ef_search` candidates across all users and filters afterwards. With 1k users holding 100 rows each it
+  returned 21% of a user's true top-10 at the default ef_search 40 and 99% at 400; with 10k users holding 10
+  rows each (1/10,000 of the table) 9% at 40, 25% at 400 and 30% at 1000, pgvector's maximum: fast and wrong,
+  and worse the more users share the table.
 
 Nothing per user is kept in the process: which users have an index is read from the catalog (one indexed
 lookup by the index's name) on each query, so a replica's memory does not grow with the users it serves.
