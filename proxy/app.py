@@ -28,6 +28,7 @@ from proxy.errors import InvalidRequest, NotFound, RapportError
 from proxy.looplag import LoopLagMonitor
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
 from proxy.plugins import DEFAULT_PLUGINS, load_plugins
+from proxy.ratelimit import DegradedLimitsHeader
 from proxy.services import Services
 from proxy.settings import RapportSettings
 
@@ -138,4 +139,6 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
             app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    # A request limited per replica because the shared limiter was down says so in x-rapport-degraded.
+    app.add_middleware(DegradedLimitsHeader)
     return app

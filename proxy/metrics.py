@@ -26,6 +26,13 @@ class Metrics:
             "rapport_upstream_seconds", "Upstream call latency", ["model"], buckets=_BUCKETS, registry=self.registry
         )
         self.tokens = Counter("rapport_tokens", "Tokens reported by upstreams", ["model", "kind"], registry=self.registry)
+        # Calls that the shared limiter (Redis) could not answer, so were limited per replica instead.
+        self.limiter_degraded = Counter(
+            "rapport_limiter_degraded",
+            "Limit decisions taken per replica because the shared limiter was unavailable",
+            ["op"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

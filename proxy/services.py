@@ -78,6 +78,7 @@ class Services:
             lock = DataDirLock(settings.data_dir)
             lock.acquire()
         try:
+            metrics = Metrics()
             return cls(
                 settings=settings,
                 upstream=UpstreamRouter(settings),
@@ -85,8 +86,8 @@ class Services:
                 keys=KeyStore(
                     settings.data_dir / "keys.sqlite3", settings.auth, allow_open_mode=not settings.shared_state
                 ),
-                limiter=RateLimiter(settings.limits),
-                metrics=Metrics(),
+                limiter=RateLimiter(settings.limits, metrics),
+                metrics=metrics,
                 datadir_lock=lock,
                 databases=Databases(settings.database_config()),
             )
@@ -107,6 +108,7 @@ class Services:
             except Exception:
                 log.exception("closing plugin %s failed", plugin.name)
         await self.upstream.close()
+        await self.limiter.close()
         self.keys.close()
         if self.databases is not None:
             self.databases.close()

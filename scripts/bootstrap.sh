@@ -19,6 +19,14 @@ if [ "$(id -u)" = 0 ] && ! id pgserver >/dev/null 2>&1; then
   useradd --system --no-create-home --shell /usr/sbin/nologin pgserver
 fi
 
+# The shared-limits tests start a real redis-server (Debian's package). CI runs this script as root on a fresh
+# machine, so install it there (before the stamp check: a stamp says nothing about system packages); elsewhere
+# apt is never run (a developer installs it or has it already).
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing redis-server (apt)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
 EXTRAS="${RAPPORT_EXTRAS:-local,dev,train}"
 STAMP=.venv/.rapport-installed
 want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"

@@ -25,6 +25,7 @@ from proxy.services import Services  # noqa: E402
 from proxy.settings import RapportSettings  # noqa: E402
 from tests.support.postgres import Backend, PostgresServer  # noqa: E402
 from tests.support.postgres import backend as storage_backend  # noqa: E402
+from tests.support.redis import RedisServer  # noqa: E402
 from tests.support.servers import ThreadedServer, free_port  # noqa: E402
 from tests.support.upstream import ScriptedUpstream  # noqa: E402
 
@@ -174,3 +175,30 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     server = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
     with storage_backend(request.param, tmp_path, server) as made:
         yield made
+
+
+# -- shared limits: a real redis-server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _redis_session() -> Iterator[RedisServer]:
+    """One real redis-server for the session, on a unix socket in its own temp dir (outside pytest's numbered
+    dirs, for the same reason as postgres_server)."""
+    root = Path(tempfile.mkdtemp(prefix="rapport-redis-"))
+    server = RedisServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def redis_server(_redis_session: RedisServer) -> Iterator[RedisServer]:
+    """The session's redis-server, running and empty for this test (a test may stop it: it is started again)."""
+    if not _redis_session.running:
+        _redis_session.start()
+    _redis_session.flush()
+    yield _redis_session
+    if not _redis_session.running:
+        _redis_session.start()

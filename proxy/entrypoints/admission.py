@@ -31,7 +31,7 @@ class Admitted(Generic[T]):
 
 
 async def admit(services: Services, request: Request, principal: Principal, schema: type[T]) -> Admitted[T]:
-    services.limiter.check(principal.key_id, principal.rate_limit_rps)
+    await services.limiter.check(principal.key_id, principal.rate_limit_rps)
     body = await read_json_object(request)
     req = validate(schema, body)
     check_caps(services.settings.limits, req)

@@ -264,7 +264,7 @@ def test_client_disconnect_midstream_cancels_the_upstream(make_rapport, scripted
     stream.close()
     assert scripted_upstream.cancelled.wait(timeout=10), "the upstream never saw the cancel"
     # The stream slot is released too: the same key may stream again.
-    wait_for(lambda: not rapport.services.limiter._streams, what="stream slot release")
+    wait_for(lambda: not rapport.services.limiter.held_streams(), what="stream slot release")
     again = client.chat.completions.create(model="test-model", messages=MSG, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in again if c.choices) == "echo: hello"
 
@@ -421,7 +421,7 @@ def test_concurrent_stream_cap_is_429(make_rapport, scripted_upstream):
     other = sdk(rapport, key=rapport.api_key_b).chat.completions.create(model="test-model", messages=MSG, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in other if c.choices) == "echo: hello"
     held.close()
-    wait_for(lambda: not rapport.services.limiter._streams, what="stream slot release")
+    wait_for(lambda: not rapport.services.limiter.held_streams(), what="stream slot release")
 
 
 # -- authentication -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from proxy.entrypoints.chat.shown_logprobs import trim_message_logprobs
 from proxy.entrypoints.common import sse_data, stream_error_event
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
+from proxy.ratelimit import StreamSlot
 from proxy.services import Services
 from proxy.upstream.router import BoundUpstream
 
@@ -92,7 +93,7 @@ class ChatServing:
         else:
             events = self.services.upstream.chat_stream(ctx.model, ctx.body)
         limiter = self.services.limiter
-        limiter.open_stream(principal.key_id)
+        slot = await limiter.open_stream(principal.key_id)
         try:
             # Pull the first event before answering, so that an upstream that fails at once gets a real
             # HTTP status (502/504/429) instead of a 200 followed by an error event.
@@ -100,11 +101,11 @@ class ChatServing:
         except StopAsyncIteration:
             first = None
         except BaseException:
-            limiter.close_stream(principal.key_id)
+            await limiter.close_stream(slot)
             await _aclose(events)
             raise
         return StreamingResponse(
-            self._relay(ctx, ran, first, events, principal),
+            self._relay(ctx, ran, first, events, slot),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **self.pipeline.headers(ctx)},
         )
@@ -115,7 +116,7 @@ class ChatServing:
         ran: list[Any],
         first: dict[str, Any] | None,
         events: AsyncIterator[dict[str, Any]],
-        principal: Principal,
+        slot: StreamSlot,
     ) -> AsyncIterator[bytes]:
         parts: list[str] = []
         finish: str | None = None
@@ -152,7 +153,7 @@ class ChatServing:
             # Mid-stream failure: end with an error event the SDKs raise on, then close. Never hang.
             yield stream_error_event(exc)
         finally:
-            self.services.limiter.close_stream(principal.key_id)
+            await self.services.limiter.close_stream(slot)
             await _aclose(events)
         yield b"data: [DONE]\n\n"
         if completed:

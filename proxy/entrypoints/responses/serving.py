@@ -29,6 +29,7 @@ from proxy.identity import resolve_user
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
 from proxy.pipeline.stage import Stage
+from proxy.ratelimit import StreamSlot
 from proxy.services import Services
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -124,18 +125,18 @@ class ResponsesServing:
     async def _stream(self, ctx: RequestContext, ran: list[Stage], turn: _Turn, principal: Principal) -> Response:
         events = self.services.upstream.chat_stream(ctx.model, ctx.body)
         limiter = self.services.limiter
-        limiter.open_stream(principal.key_id)
+        slot = await limiter.open_stream(principal.key_id)
         try:
             # The first upstream event before answering: an upstream that fails at once gets a real status.
             first: dict[str, Any] | None = await events.__anext__()
         except StopAsyncIteration:
             first = None
         except BaseException:
-            limiter.close_stream(principal.key_id)
+            await limiter.close_stream(slot)
             await aclose_quietly(events)
             raise
         return StreamingResponse(
-            self._relay(ctx, ran, turn, first, events, principal),
+            self._relay(ctx, ran, turn, first, events, slot),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **self.pipeline.headers(ctx)},
         )
@@ -147,7 +148,7 @@ class ResponsesServing:
         turn: _Turn,
         first: dict[str, Any] | None,
         events: AsyncIterator[dict[str, Any]],
-        principal: Principal,
+        slot: StreamSlot,
     ) -> AsyncIterator[bytes]:
         translator = bridge.StreamTranslator(base=turn.response([], None, None))
         if ctx.user is not None:
@@ -177,7 +178,7 @@ class ResponsesServing:
             # Mid-stream failure: an error event the SDKs raise on, then the end. Never a hang.
             yield stream_error_event(exc)
         finally:
-            self.services.limiter.close_stream(principal.key_id)
+            await self.services.limiter.close_stream(slot)
             await aclose_quietly(events)
 
     # -- stored responses ---------------------------------------------------------------------------
