@@ -40,6 +40,16 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 SQLITE_BUSY_TIMEOUT_S = 10.0
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached. Says where (host and database, never the URL) and the driver's error
+    class; the driver's own message is kept as the cause."""
+
+    def __init__(self, label: str, error: BaseException) -> None:
+        orig = getattr(error, "orig", None) or error
+        super().__init__(f"cannot reach the database at {label} ({orig.__class__.__name__}): check database_url "
+                         "and that the server is up (`rapport doctor` checks it)")
+
+
 class DatabaseURLError(ValueError):
     """A database URL that Rapport cannot use. The message never contains the URL: it may hold a password."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from rapport.core.database import Database, Dialect
+from rapport.core.database import Database, DatabaseUnavailable, Dialect
 
 VERSION_TABLE = "rapport_schema"
 # One lock for every component: migrations are rare and short, and one lock cannot deadlock with another.
@@ -153,11 +153,15 @@ def migrate(db: Database, schema: Schema) -> tuple[int, int]:
 
 
 def ensure(db: Database, schema: Schema, *, migrate_on_start: bool = True) -> None:
-    """What a store calls when it is built: migrate (when allowed), else require the latest version."""
-    if migrate_on_start:
-        migrate(db, schema)
-        return
-    current = state(db, schema)
+    """What a store calls when it is built: migrate (when allowed), else require the latest version.
+    An unreachable database is a DatabaseUnavailable that names where, never the URL."""
+    try:
+        if migrate_on_start:
+            migrate(db, schema)
+            return
+        current = state(db, schema)
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailable(db.label, exc) from exc
     if current.current > schema.latest:
         raise _too_new(schema, current.current)
     if current.current < schema.latest:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from memory.job_schema import SCHEMA
 from memory.jobs import JobQueue
 from proxy.cli import app
-from rapport.core.database import Database, DatabaseConfig, Databases
+from rapport.core.database import Database, DatabaseConfig, Databases, DatabaseUnavailable
 from rapport.core.dbcheck import check_databases
 from rapport.core.migrations import Migration, Schema, SchemaOutdated, SchemaTooNew, migrate, state
 from tests.support.postgres import Backend, PostgresServer
@@ -161,3 +161,15 @@ def test_db_upgrade_on_the_embedded_default_migrates_the_data_dir_files(
         databases.close()
     assert names == ["database sqlite jobs.sqlite3", "schema jobs"]
     assert not (tmp_path / "vectors.sqlite3").exists()
+
+
+def test_an_unreachable_database_at_start_is_a_readable_error_without_the_password(tmp_path: Path) -> None:
+    db = Database.postgres(f"postgresql://rapport:s3cret-pw@/rapport?host={tmp_path}", connect_timeout_s=2)
+    try:
+        with pytest.raises(DatabaseUnavailable) as caught:
+            JobQueue(db)
+    finally:
+        db.close()
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the database at postgresql://{tmp_path}/rapport (OperationalError)")
+    assert "s3cret-pw" not in message
