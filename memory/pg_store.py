@@ -34,9 +34,6 @@ threads. Connections come from the `Database`'s pool.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -47,23 +44,18 @@ from sqlalchemy.engine import Connection
 from memory.embedding import Vectors
 from memory.items import MemoryItem
 from memory.store import Hit, group_by_user
+from memory.stores.pg_indexes import (
+    DEFAULT_INDEX_THRESHOLD,
+    UserIndexes,
+    index_name,
+    quote_literal,
+)
 from rapport.core.database import Database
 from rapport.core.migrations import Migration, Schema, ensure, register
 
-log = logging.getLogger(__name__)
-
 TABLE = "memory_items"
 SETTINGS_TABLE = "memory_vector_settings"
-# Rows a user holds before the store builds that user's partial HNSW index. Measured (bench/pg_index.py, 1.15M
-# rows over 10k users, 2 busy cores): the exact scan's p50/p95 is 3.7/5.4 ms at 100 rows, 10.7/16.4 ms at 5k,
-# 14.9/22.7 ms at 10k, 38/49 ms at 30k and 301/381 ms at 100k, while a query through a partial index is about
-# 12/23 ms whatever the user's size: they cross near 10k rows.
-DEFAULT_INDEX_THRESHOLD = 10_000
-# HNSW build parameters (pgvector's defaults) and the search width. ef_search was raised from pgvector's 40 until
-# recall@10 against the exact scan reached >= 0.99 on the bench's 100k-row user: 0.77 at 40, 0.92 at 100, 0.96-0.98
-# at 200, 0.995-0.9975 at 400 (queries near a stored item; SET LOCAL: only the query's transaction gets it).
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
+# pgvector's HNSW search width for queries through a partial index: see memory/stores/pg_indexes.py.
 DEFAULT_EF_SEARCH = 400
 # Columns a `get(where=...)` may filter on: the item fields the service filters by.
 FILTERABLE = ("role", "source", "conversation_id", "model", "task")
@@ -115,12 +107,6 @@ SCHEMA = register(
 )
 
 
-def index_name(tenant: str, user: str) -> str:
-    """The partial index of one user: a fixed-length digest (identifiers are limited to 63 bytes)."""
-    digest = hashlib.sha256(f"{tenant}\x00{user}".encode()).hexdigest()[:32]
-    return f"memory_items_hnsw_{digest}"
-
-
 def vector_literal(vector: Vectors) -> str:
     """pgvector's text form; float32 written with 9 significant digits round-trips exactly."""
     row = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -129,14 +115,6 @@ def vector_literal(vector: Vectors) -> str:
 
 def parse_vector(text: str) -> Vectors:
     return np.array(text[1:-1].split(","), dtype=np.float32)
-
-
-def _quote(value: str) -> str:
-    """A SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1). Used only in index DDL and
-    in the query that must match a partial index's predicate, where a bound parameter cannot be used."""
-    if "\x00" in value:
-        raise ValueError("tenant and user ids cannot contain NUL")
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _row(item: MemoryItem, vector: Vectors) -> dict[str, Any]:
@@ -195,14 +173,12 @@ class PgVectorStore:
             raise ValueError("PgVectorStore needs a PostgreSQL database")
         self.db = db
         self.dim = int(dim)
-        self.index_threshold = int(index_threshold)
         self.ef_search = int(ef_search)
-        self.build_in_background = build_in_background
+        self.indexes = UserIndexes(
+            db, TABLE, self.dim, threshold=int(index_threshold), background=build_in_background
+        )
         ensure(db, SCHEMA, migrate_on_start=migrate_on_start)
         self._check_dim()
-        # Index builds this process has started and not finished: bounded by concurrent builds, not by users.
-        self._building: dict[str, threading.Thread] = {}
-        self._building_lock = threading.Lock()
 
     def _check_dim(self) -> None:
         with self.db.write() as conn:
@@ -246,7 +222,7 @@ class PgVectorStore:
                 # ON CONFLICT DO NOTHING: a concurrent writer (another replica) may store the same id between
                 # the lookup and the insert; that id is then not reported as newly stored by this call.
                 stored += self._insert_new(conn, [_row(items[i], rows[i]) for i in fresh])
-        self._maybe_index({(it.tenant, it.user) for it in items})
+        self.indexes.after_write({(it.tenant, it.user) for it in items})
         return stored
 
     def _insert_new(self, conn: Connection, rows: list[dict[str, Any]]) -> list[str]:
@@ -287,7 +263,7 @@ class PgVectorStore:
                 sa.text(_INSERT + f" ON CONFLICT (tenant, user_id, id) DO UPDATE SET {update}"),
                 list(latest.values()),
             )
-        self._maybe_index({(it.tenant, it.user) for it in items})
+        self.indexes.after_write({(it.tenant, it.user) for it in items})
 
     def delete(self, tenant: str, user: str, ids: list[str]) -> None:
         if not ids:
@@ -303,7 +279,7 @@ class PgVectorStore:
             count = conn.execute(
                 sa.text(f"DELETE FROM {TABLE} WHERE tenant = :t AND user_id = :u"), {"t": tenant, "u": user}
             ).rowcount
-        self._drop_index(tenant, user)
+        self.indexes.drop(tenant, user)
         return int(count)
 
     # -- reads --------------------------------------------------------------------------------------
@@ -313,7 +289,7 @@ class PgVectorStore:
             return []
         q = vector_literal(self._vectors(vector, 1)[0])
         with self.db.read() as conn:
-            if self._index_ready(conn, tenant, user):
+            if self.indexes.ready(conn, tenant, user):
                 # Through the user's partial index: the WHERE must repeat its predicate literally for the planner
                 # to prove the index applies (a bound parameter cannot be matched against it).
                 conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, n)}")
@@ -323,7 +299,7 @@ class PgVectorStore:
                 expr = f"(embedding::vector({self.dim}))"
                 inner = (
                     f"SELECT {_COLUMNS}, embedding, {expr} <=> CAST(:q AS vector({self.dim})) AS distance "
-                    f"FROM {TABLE} WHERE tenant = {_quote(tenant)} AND user_id = {_quote(user)} "
+                    f"FROM {TABLE} WHERE tenant = {quote_literal(tenant)} AND user_id = {quote_literal(user)} "
                     f"ORDER BY {expr} <=> CAST(:q AS vector({self.dim})) LIMIT :n"
                 )
             else:
@@ -412,7 +388,7 @@ class PgVectorStore:
 
     def close(self) -> None:
         """Wait for index builds this process started; the pool belongs to the `Database`."""
-        self.wait_for_indexes()
+        self.indexes.wait()
 
     # -- per-user partial indexes -------------------------------------------------------------------
 
@@ -423,123 +399,15 @@ class PgVectorStore:
         ).scalars()
         return {str(r) for r in rows}
 
-    def _index_ready(self, conn: Connection, tenant: str, user: str) -> bool:
-        """A valid (fully built) partial index exists for the user. A build in progress or one that failed is
-        not valid, and the query takes the exact scan meanwhile."""
-        found = conn.execute(
-            sa.text(
-                "SELECT i.indisvalid AND i.indisready FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-                "WHERE c.relname = :name AND c.relnamespace = current_schema()::regnamespace"
-            ),
-            {"name": index_name(tenant, user)},
-        ).scalar_one_or_none()
-        return bool(found)
+    # -- the per-user partial indexes (memory/stores/pg_indexes.py) ---------------------------------
 
     def has_index(self, tenant: str, user: str) -> bool:
+        """Whether the user's partial index is built and valid (queries use it)."""
         with self.db.read() as conn:
-            return self._index_ready(conn, tenant, user)
-
-    def _maybe_index(self, users: set[tuple[str, str]]) -> None:
-        """After a write: start the partial-index build of each user who has just crossed the threshold.
-
-        The check costs one catalog lookup plus, for a user without an index, a count bounded by the
-        threshold (an index-only probe of the primary key at offset threshold - 1).
-        """
-        if self.index_threshold <= 0:
-            return
-        for tenant, user in users:
-            name = index_name(tenant, user)
-            with self._building_lock:
-                if name in self._building:
-                    continue
-            with self.db.read() as conn:
-                row = conn.execute(
-                    sa.text(
-                        f"SELECT to_regclass(:i) IS NOT NULL, EXISTS (SELECT 1 FROM {TABLE} "
-                        "WHERE tenant = :t AND user_id = :u OFFSET :k LIMIT 1)"
-                    ),
-                    {"i": name, "t": tenant, "u": user, "k": self.index_threshold - 1},
-                ).one()
-            exists, crossed = bool(row[0]), bool(row[1])
-            if crossed and not exists:
-                self._start_build(tenant, user)
-
-    def _start_build(self, tenant: str, user: str) -> None:
-        name = index_name(tenant, user)
-        if not self.build_in_background:
-            self.build_index(tenant, user)
-            return
-        with self._building_lock:
-            if name in self._building:
-                return
-            thread = threading.Thread(
-                target=self._build_logged, args=(tenant, user), name=f"rapport-hnsw-{name[-8:]}", daemon=True
-            )
-            self._building[name] = thread
-        thread.start()
-
-    def _build_logged(self, tenant: str, user: str) -> None:
-        name = index_name(tenant, user)
-        try:
-            self.build_index(tenant, user)
-        except Exception:
-            # The user keeps the exact scan (correct, slower); the next write past the threshold retries.
-            log.exception("building the partial vector index %s failed", name)
-        finally:
-            with self._building_lock:
-                self._building.pop(name, None)
+            return self.indexes.ready(conn, tenant, user)
 
     def build_index(self, tenant: str, user: str) -> bool:
-        """Build the user's partial HNSW index (blocking); False when another process is building it.
-
-        CREATE INDEX CONCURRENTLY does not block the table's writers; it cannot run inside a transaction, so it
-        runs on an autocommit connection. A session advisory lock keeps two replicas from building the same
-        index; an invalid index left by a failed build is dropped and built again.
-        """
-        name = index_name(tenant, user)
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        with self.db.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one():
-                return False
-            try:
-                state = conn.execute(
-                    sa.text(
-                        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-                        "WHERE c.relname = :name AND c.relnamespace = current_schema()::regnamespace"
-                    ),
-                    {"name": name},
-                ).scalar_one_or_none()
-                if state is True:
-                    return True
-                if state is False:
-                    conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-                conn.exec_driver_sql(
-                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {TABLE} USING hnsw "
-                    f"((embedding::vector({self.dim})) vector_cosine_ops) "
-                    f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-                    f"WHERE tenant = {_quote(tenant)} AND user_id = {_quote(user)}"
-                )
-                log.info("built the partial vector index %s", name)
-                return True
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-
-    def _drop_index(self, tenant: str, user: str) -> None:
-        name = index_name(tenant, user)
-        with self._building_lock:
-            building = self._building.get(name)
-        if building is not None:
-            building.join()
-        with self.db.engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            # CONCURRENTLY: a plain DROP INDEX would lock the whole table against every user's queries.
-            conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        return self.indexes.build(tenant, user)
 
     def wait_for_indexes(self, timeout_s: float | None = None) -> bool:
-        """Join the index builds this process started; True when none is left running."""
-        with self._building_lock:
-            threads = list(self._building.values())
-        for thread in threads:
-            thread.join(timeout_s)
-        return not any(t.is_alive() for t in threads)
+        return self.indexes.wait(timeout_s)

@@ -1,0 +1,1 @@
+"""Pieces of the vector stores, one job a module."""
