@@ -261,7 +261,7 @@ def check_messages(sent: list[dict[str, Any]], client: list[dict[str, Any]], mem
 def check_bridged_fields(feature: str, sent: dict[str, Any], streamed: bool) -> None:
     """A Responses request's features as chat fields upstream."""
     if feature == "tools":
-        assert sent["tools"] == CHAT_TOOLS and sent["tool_choice"] == "auto" and sent["parallel_tool_calls"] is True
+        assert sent["tools"] == CHAT_TOOLS and sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is True
     else:
         assert "tools" not in sent and "tool_choice" not in sent
     if feature == "json_schema":

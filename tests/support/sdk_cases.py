@@ -131,7 +131,7 @@ def responses_request(feature: str) -> tuple[dict[str, Any], list[dict[str, Any]
                 {"type": "function_call", "call_id": "call_menu", "name": "get_menu", "arguments": '{"place": "Harbor"}'},
                 {"type": "function_call_output", "call_id": "call_menu", "output": TOOL_RESULT},
             ],
-            "tools": RESPONSES_TOOLS, "tool_choice": "auto", "parallel_tool_calls": True,
+            "tools": RESPONSES_TOOLS, "tool_choice": "required", "parallel_tool_calls": True,
         }
         return request, chat_request("tools")["messages"]
     if feature == "json_schema":
