@@ -126,9 +126,6 @@ async def async_client(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
     await client.close()
 
 
-# -- calling each surface, and what the client got, in one shape -------------------------------------------
-
-
 # -- the matrix --------------------------------------------------------------------------------------------
 
 
