@@ -1,6 +1,6 @@
 """Which vector index layout keeps a user's top-k query in PostgreSQL + pgvector fast AND right.
 
-    .venv/bin/python -m bench.pg_index [--users 1000] [--per-user 100] [--big 100000] [--queries 200]
+    .venv/bin/python -m bench.pg_index [--users 1000] [--per-user 100] [--big 100000] [--queries 200] [--ingest N]
         [--global-hnsw] [--ef 40,100,200,400]
 
 Data (random, seeded): every ordinary user holds `--per-user` items drawn around 5 topic centres of their own;
@@ -19,7 +19,9 @@ Layouts:
 - global HNSW: one HNSW index over every ordinary row, queried with `WHERE tenant AND user_id` (pgvector 0.6
   filters after the index scan);
 - partial HNSW: one index over the big user's rows only (the store's path past its threshold), per ef_search.
-Recall@k is against the exact top-k computed with numpy. Writes bench/results/pg_index.json.
+Recall@k is against the exact top-k computed with numpy. `--ingest N` also times `PgVectorStore.add` of N items
+(one exchange a call, 1 and 64 writers; store only, no embedding). Each run is kept in
+bench/results/pg_index.json under its data shape.
 """
 
 from __future__ import annotations
@@ -176,6 +178,32 @@ def sql(db: Database, statement: str) -> float:
     return round(time.perf_counter() - start, 2)
 
 
+def ingest(db: Database, rng: np.random.Generator, pool: Array, writers: int, total: int) -> dict[str, Any]:
+    """Items/s through `PgVectorStore.add`: one exchange (2 items) of one new user a call, `writers` calls in
+    flight from threads (as the service's write path calls it); the partial-index check included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from memory.items import MemoryItem
+
+    store = PgVectorStore(db, DIM)
+    vecs = user_vectors(rng, pool, total, topics=20)
+    calls = [
+        (
+            [
+                MemoryItem("t", f"w{writers}-{i // 20}", f"turn {i} of writer {writers}"),
+                MemoryItem("t", f"w{writers}-{i // 20}", f"reply {i} of writer {writers}", role="assistant"),
+            ],
+            vecs[i : i + 2],
+        )
+        for i in range(0, total - 1, 2)
+    ]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=writers) as executor:
+        stored = sum(len(n) for n in executor.map(lambda c: store.add(*c), calls))
+    seconds = time.perf_counter() - start
+    return {"writers": writers, "items": stored, "items_per_s": round(stored / seconds, 1)}
+
+
 def merge_run(path: Path, label: str, result: dict[str, Any]) -> None:
     """Keep one entry per data shape in the results file, so runs at several scales sit side by side."""
     runs: dict[str, Any] = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
@@ -195,6 +223,9 @@ def main() -> None:
         "--global-hnsw", action="store_true", help="also build and time one global HNSW index"
     )
     parser.add_argument("--global-ef", default="40,400,1000", help="ef_search values for the global index")
+    parser.add_argument(
+        "--ingest", type=int, default=0, help="also time PgVectorStore.add of this many items"
+    )
     parser.add_argument("--out", default=str(RESULTS / "pg_index.json"))
     args = parser.parse_args()
 
@@ -326,6 +357,13 @@ def main() -> None:
                     }
                 )
         result["layouts"] = layouts
+        if args.ingest:
+            # The server's default pool (5 + 5 overflow): 64 writers share 10 connections, as in a replica.
+            writer_db = Database.postgres(server.get_uri("postgres"))
+            try:
+                result["ingest"] = [ingest(writer_db, rng, pool, writers, args.ingest) for writers in (1, 64)]
+            finally:
+                writer_db.close()
     finally:
         db.close()
         server.cleanup()
