@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from memory.job_schema import jobs
-from rapport import Rapport
+from rapport import NotFoundError, Rapport
 from rapport.core.database import Database
 from tests.memory.test_proxy import MEMORY_ONLY, TENANT
 from tests.support.helpers import wait_until
@@ -40,7 +40,14 @@ def test_summary_jobs_of_a_server_run_through_postgres(
     chat.chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "I am a night owl who codes in OCaml."}]
     )
-    wait_until(lambda: rp.memories.list("sam").data)
+
+    def recorded() -> bool:
+        try:
+            return bool(rp.memories.list("sam").data)
+        except NotFoundError:  # the exchange is recorded after the response: not yet
+            return False
+
+    wait_until(recorded)
     scripted_upstream.script(Reply(content="Sam is a night owl and codes in OCaml."))
     [job_id] = rp.summaries.regenerate("sam")
     job = rp.jobs.wait(job_id, timeout=60, interval=0.05)
