@@ -232,3 +232,13 @@ def test_an_embedding_of_another_dimension_is_refused(database: Database) -> Non
     PgVectorStore(database, DIM)
     with pytest.raises(ValueError, match="384-dimensional"):
         PgVectorStore(database, 768)
+
+
+def test_forget_while_the_users_index_is_being_built_leaves_nothing(database: Database) -> None:
+    store = PgVectorStore(database, DIM, index_threshold=2000)
+    rows, _ = clustered(2500, seed=14)
+    store.add([MemoryItem("t", "leaving", f"row {i}") for i in range(2500)], rows)  # starts the build
+    assert store.delete_user("t", "leaving") == 2500  # at once, while the build runs or just after
+    assert store.wait_for_indexes(timeout_s=120)
+    assert not store.collection_exists("t", "leaving")
+    assert store.query("t", "leaving", rows[0], 5) == []
