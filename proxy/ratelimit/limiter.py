@@ -24,6 +24,7 @@ from proxy.ratelimit.shared import RedisLimiter, SharedLimiterDown
 from proxy.settings import LimitSettings
 
 log = logging.getLogger("rapport.limits")
+_HEARTBEAT = "rapport-limiter-heartbeat"
 
 
 @dataclass(eq=False)
@@ -36,8 +37,6 @@ class StreamSlot:
     key_id: str
     # The slot's id in Redis; None when this replica counts it (no shared limiter, or it was down).
     shared_id: str | None = None
-    # Set when the shared limiter could not be asked: the response should say so.
-    degraded: str | None = None
     closed: bool = False
     _release_local: weakref.finalize | None = field(default=None, repr=False)
     _heartbeat: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -52,13 +51,8 @@ class RateLimiter:
         self._shared = RedisLimiter(url, limits.redis_timeout_s) if url else None
         self._down_until = 0.0  # monotonic time before which Redis is not tried again
         self._down = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._shared_held: set[str] = set()
-
-    @property
-    def shared(self) -> bool:
-        """Whether limits are meant to hold across replicas (a shared limiter is configured)."""
-        return self._shared is not None
+        self._tasks: set[asyncio.Task[None]] = set()  # heartbeats and releases under way
+        self._shared_held: dict[str, str] = {}  # shared slot id -> key id, for the slots this replica holds
 
     async def check(self, key_id: str, rps: float | None = None) -> None:
         """Take one token from the key's bucket or raise 429 with Retry-After."""
@@ -81,7 +75,6 @@ class RateLimiter:
         """Hold one of the key's concurrent-stream slots or raise 429. A shared slot is renewed by a heartbeat
         while the stream runs, so one whose replica dies is freed within `stream_slot_ttl_s`."""
         cap = self._limits.max_concurrent_streams
-        degraded: str | None = None
         if cap and self._shared is not None:
             if self._usable():
                 try:
@@ -91,9 +84,8 @@ class RateLimiter:
                 except SharedLimiterDown as exc:
                     self._failed("open_stream", exc)
             self._degraded("open_stream")
-            degraded = DEGRADED
         self._local.open_stream(key_id, cap)
-        slot = StreamSlot(key_id=key_id, degraded=degraded)
+        slot = StreamSlot(key_id=key_id)
         slot._release_local = weakref.finalize(slot, self._local.close_stream, key_id)
         return slot
 
@@ -109,7 +101,7 @@ class RateLimiter:
             slot._heartbeat.cancel()
         if slot.shared_id is None or self._shared is None:
             return
-        self._shared_held.discard(slot.shared_id)
+        self._shared_held.pop(slot.shared_id, None)
         # Not awaited: this never suspends, so a cancelled caller cannot be interrupted here (and skip closing
         # its upstream stream after it); the release goes out on its own task.
         self._spawn(_release(self._shared, slot.key_id, slot.shared_id))
@@ -119,8 +111,14 @@ class RateLimiter:
         return self._local.held() + len(self._shared_held)
 
     async def close(self) -> None:
+        """At shutdown: stop the heartbeats and give the shared slots still held back at once."""
         for task in list(self._tasks):
-            task.cancel()
+            if task.get_name() == _HEARTBEAT:
+                task.cancel()
+        if self._shared is not None:
+            for shared_id, key_id in self._shared_held.items():
+                self._spawn(_release(self._shared, key_id, shared_id))
+            self._shared_held.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         if self._shared is not None:
@@ -131,15 +129,16 @@ class RateLimiter:
     def _hold_shared(self, key_id: str, shared_id: str) -> StreamSlot:
         assert self._shared is not None
         slot = StreamSlot(key_id=key_id, shared_id=shared_id)
-        self._shared_held.add(shared_id)
+        self._shared_held[shared_id] = key_id
         # The heartbeat sees the slot only through a weak reference: a slot dropped unclosed stops it.
         slot._heartbeat = self._spawn(
-            _heartbeat(self._shared, key_id, shared_id, self._limits.stream_slot_ttl_s, weakref.ref(slot), self._shared_held)
+            _heartbeat(self._shared, key_id, shared_id, self._limits.stream_slot_ttl_s, weakref.ref(slot), self._shared_held),
+            _HEARTBEAT,
         )
         return slot
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name="rapport-limiter")
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str = "rapport-limiter-release") -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -176,7 +175,7 @@ async def _heartbeat(
     shared_id: str,
     ttl_s: float,
     owner: weakref.ref[StreamSlot],
-    held: set[str],
+    held: dict[str, str],
 ) -> None:
     # Renew three times per TTL: one late or failed renewal does not lose the slot.
     interval = ttl_s / 3
@@ -185,7 +184,7 @@ async def _heartbeat(
         slot = owner()
         if slot is None or slot.closed:
             # Dropped without close_stream (the response never started): let it go now.
-            held.discard(shared_id)
+            held.pop(shared_id, None)
             await _release(shared, key_id, shared_id)
             return
         del slot

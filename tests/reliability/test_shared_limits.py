@@ -9,6 +9,9 @@ back the limits are shared again, without a restart.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -186,6 +189,39 @@ def test_redis_down_limits_per_replica_and_says_so_then_shared_again(make_rappor
     assert not any(_degraded(r) for r in rest)
 
 
+def test_a_hung_redis_costs_a_short_timeout_not_the_request(make_rapport, scripted_upstream, redis_server):
+    """SIGSTOP: Redis accepts connections and never answers (a stalled or overloaded server)."""
+    limits = {
+        "rate_limit_rps": 0.01,
+        "rate_limit_burst": 5,
+        "redis_url": redis_server.url,
+        "redis_timeout_s": 0.1,
+        "redis_retry_s": 0.2,
+    }
+    a = make_rapport(limits=limits)
+    assert _chat(a).status_code == 200  # connected and shared
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        answered = []
+        for _ in range(3):
+            started = time.monotonic()
+            answered.append(_chat(a))
+            # redis_timeout_s (0.1 s) bounds the wait, not redis-py's default 5 s socket timeout.
+            assert time.monotonic() - started < 4.0
+        assert [r.status_code for r in answered] == [200, 200, 200]
+        assert all(_degraded(r) for r in answered)
+        assert _metric(a, "check") >= 3
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+
+    def shared_again() -> httpx.Response | None:
+        response = _chat(a)
+        return None if _degraded(response) else response
+
+    wait_until(shared_again, within=30)
+
+
 @pytest.mark.parametrize("url", ["http://localhost:6379", "localhost:6379", "postgresql://x@y/z"])
 def test_redis_url_must_be_a_redis_url_and_is_never_shown(url):
     from pydantic import ValidationError
@@ -195,3 +231,33 @@ def test_redis_url_must_be_a_redis_url_and_is_never_shown(url):
     with pytest.raises(ValidationError) as info:
         RapportSettings(limits={"redis_url": url})
     assert "limits.redis_url" in str(info.value) and url not in str(info.value)
+
+
+def test_a_slot_dropped_without_close_is_given_back(redis_server):
+    """A stream whose response never started (its body never iterated) never reaches close_stream: its slot
+    still goes back, by the finalizer (counted here) or by the heartbeat stopping (in Redis)."""
+    import asyncio
+    import gc
+
+    from proxy.ratelimit import RateLimiter
+    from proxy.settings import LimitSettings
+
+    async def scenario() -> None:
+        for url in (redis_server.url, None):
+            limiter = RateLimiter(LimitSettings(max_concurrent_streams=1, redis_url=url, stream_slot_ttl_s=0.3))
+            slot = await limiter.open_stream("k")
+            assert limiter.held_streams() == 1
+            del slot
+            gc.collect()
+            for _ in range(200):  # poll with a deadline (10 s)
+                if not limiter.held_streams():
+                    break
+                await asyncio.sleep(0.05)
+            assert limiter.held_streams() == 0
+            # And the key may stream again (in Redis: the slot was removed, not merely left to expire).
+            await limiter.close_stream(await limiter.open_stream("k"))
+            await limiter.close()
+
+    asyncio.run(scenario())
+    with redis_server.client() as r:
+        assert r.zcard("rapport:limits:streams:k") == 0
