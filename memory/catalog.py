@@ -1,40 +1,29 @@
-"""The memory catalog in SQLite: which users exist (counts, last seen) and their versioned summaries.
+"""The memory catalog: which users exist (counts, last seen) and their versioned summaries.
 
-Synchronous; the memory service calls it from a worker thread. WAL + synchronous=FULL so a committed
-write survives a crash.
+Its tables (memory/catalog_schema.py) live in the catalog's `Database`: the embedded
+`memory/catalog.sqlite3`, or the PostgreSQL database that every replica shares. Synchronous; the memory
+service calls it from its worker threads.
+
+Safe under concurrent replicas: counts are added by upserts (`items = items + excluded.items`), never read and
+written back; a summary's version is chosen under the user's row lock; forget is one transaction that takes that
+lock first, so a summary job finishing at the same moment either lands before the forget (and is removed with
+it) or finds the user gone.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    tenant TEXT NOT NULL,
-    user TEXT NOT NULL,
-    items INTEGER NOT NULL DEFAULT 0,
-    since_summary INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    PRIMARY KEY (tenant, user)
-);
-CREATE TABLE IF NOT EXISTS summaries (
-    tenant TEXT NOT NULL,
-    user TEXT NOT NULL,
-    task TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    item_count INTEGER NOT NULL,
-    model TEXT,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (tenant, user, task, version)
-);
-"""
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+
+from memory.catalog_schema import SCHEMA, summaries, users
+from rapport.core.database import Database
+from rapport.core.migrations import ensure
 
 
 @dataclass(slots=True)
@@ -65,180 +54,209 @@ class Summary:
         return asdict(self)
 
 
+def _user(row: RowMapping) -> UserRecord:
+    return UserRecord(
+        tenant=row["tenant"],
+        user=row["user"],
+        items=int(row["items"]),
+        since_summary=int(row["since_summary"]),
+        created_at=float(row["created_at"]),
+        last_seen=float(row["last_seen"]),
+    )
+
+
+def _summary(row: RowMapping) -> Summary:
+    return Summary(
+        tenant=row["tenant"],
+        user=row["user"],
+        task=row["task"],
+        version=int(row["version"]),
+        text=row["text"],
+        item_count=int(row["item_count"]),
+        model=row["model"],
+        created_at=float(row["created_at"]),
+    )
+
+
+def _of_user(table: sa.Table, tenant: str, user: str) -> sa.ColumnElement[bool]:
+    return sa.and_(table.c.tenant == tenant, table.c.user == user)
+
+
 class Catalog:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        # Latest summary per (tenant, user, task), read on every request: kept in memory.
+    def __init__(
+        self, database: Database | Path | str, *, cache_summaries: bool | None = None, migrate: bool = True
+    ) -> None:
+        # A path is the embedded convenience for tools and benches: the catalog then owns that SQLite file.
+        self._owns_db = not isinstance(database, Database)
+        self._db = database if isinstance(database, Database) else Database.sqlite(database)
+        try:
+            ensure(self._db, SCHEMA, migrate_on_start=migrate)
+        except BaseException:
+            if self._owns_db:
+                self._db.close()
+            raise
+        # The latest summary per (tenant, user, task) is read on every request. Embedded, this process is the
+        # database's only writer, so it is kept in memory. Shared, another replica may write or forget it at
+        # any moment, so it is read from the database each time (one primary-key lookup): a cached summary
+        # would outlive a forget made on another replica.
+        self._cache_summaries = (not self._db.is_postgres) if cache_summaries is None else cache_summaries
         self._latest: dict[tuple[str, str, str], Summary | None] = {}
+        self._cache_lock = threading.Lock()
+        # Bumped by every change of a summary: a read that started before it does not fill the cache.
+        self._generation = 0
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owns_db:
+            self._db.close()
 
     # -- users --------------------------------------------------------------------------------------
 
+    def _upsert(self, conn: Connection, tenant: str, user: str, added: int, now: float) -> UserRecord:
+        stmt = self._db.insert(users).values(
+            tenant=tenant, user=user, items=added, since_summary=added, created_at=now, last_seen=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[users.c.tenant, users.c.user],
+            set_={
+                # `items` is also a method of column collections: indexed by name.
+                "items": users.c["items"] + stmt.excluded["items"],
+                "since_summary": users.c.since_summary + stmt.excluded.since_summary,
+                "last_seen": stmt.excluded.last_seen,
+            },
+        ).returning(*users.c)
+        return _user(conn.execute(stmt).mappings().one())
+
     def touch(self, tenant: str, user: str, added: int) -> UserRecord:
-        now = time.time()
-        with self._lock:
-            row = self._conn.execute(
-                "INSERT INTO users (tenant, user, items, since_summary, created_at, last_seen)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user) DO UPDATE SET"
-                " items = items + excluded.items, since_summary = since_summary + excluded.since_summary,"
-                " last_seen = excluded.last_seen RETURNING *",
-                (tenant, user, added, added, now, now),
-            ).fetchone()
-        return UserRecord(**dict(row))
+        with self._db.write() as conn:
+            return self._upsert(conn, tenant, user, added, time.time())
 
     def touch_many(self, added: dict[tuple[str, str], int]) -> list[UserRecord]:
-        """`touch` for several users in one transaction (one WAL commit, not one per user)."""
+        """`touch` for several users in one transaction (one commit, not one per user), in the order given.
+
+        Rows are upserted in key order: two replicas touching the same users lock their rows in the same order,
+        so they cannot deadlock."""
         now = time.time()
-        rows = []
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for (tenant, user), count in added.items():
-                    rows.append(
-                        self._conn.execute(
-                            "INSERT INTO users (tenant, user, items, since_summary, created_at, last_seen)"
-                            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, user) DO UPDATE SET"
-                            " items = items + excluded.items,"
-                            " since_summary = since_summary + excluded.since_summary,"
-                            " last_seen = excluded.last_seen RETURNING *",
-                            (tenant, user, count, count, now, now),
-                        ).fetchone()
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return [UserRecord(**dict(row)) for row in rows]
+        out: dict[tuple[str, str], UserRecord] = {}
+        with self._db.write() as conn:
+            for tenant, user in sorted(added):
+                out[(tenant, user)] = self._upsert(conn, tenant, user, added[(tenant, user)], now)
+        return [out[key] for key in added]
 
     def set_count(self, tenant: str, user: str, items: int) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE users SET items=? WHERE tenant=? AND user=?", (items, tenant, user))
+        with self._db.write() as conn:
+            conn.execute(sa.update(users).where(_of_user(users, tenant, user)).values(items=items))
 
     def reset_since_summary(self, tenant: str, user: str) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE users SET since_summary=0 WHERE tenant=? AND user=?", (tenant, user))
+        with self._db.write() as conn:
+            conn.execute(sa.update(users).where(_of_user(users, tenant, user)).values(since_summary=0))
 
     def user(self, tenant: str, user: str) -> UserRecord | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM users WHERE tenant=? AND user=?", (tenant, user)
-            ).fetchone()
-        return UserRecord(**dict(row)) if row else None
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(users).where(_of_user(users, tenant, user))).mappings().first()
+        return _user(row) if row is not None else None
 
     def users(self, tenant: str | None, limit: int, offset: int) -> tuple[list[UserRecord], int]:
-        where, args = ("WHERE tenant=?", [tenant]) if tenant is not None else ("", [])
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT * FROM users {where} ORDER BY last_seen DESC, user LIMIT ? OFFSET ?",
-                (*args, limit, offset),
-            ).fetchall()
-            total = self._conn.execute(f"SELECT COUNT(*) FROM users {where}", args).fetchone()[0]
-        return [UserRecord(**dict(r)) for r in rows], int(total)
+        where = users.c.tenant == tenant if tenant is not None else sa.true()
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(users).where(where).order_by(users.c.last_seen.desc(), users.c.user).limit(limit).offset(offset)
+            ).mappings().all()
+            total = conn.execute(sa.select(sa.func.count()).select_from(users).where(where)).scalar_one()
+        return [_user(row) for row in rows], int(total)
 
     # -- summaries ----------------------------------------------------------------------------------
 
     def add_summary(
         self, tenant: str, user: str, task: str, text: str, item_count: int, model: str | None
     ) -> Summary:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Only a known user gets a summary: a user forgotten while the job ran stays forgotten.
-                known = self._conn.execute(
-                    "SELECT 1 FROM users WHERE tenant=? AND user=?", (tenant, user)
-                ).fetchone()
-                if known is None:
-                    self._conn.execute("ROLLBACK")
-                    raise LookupError(f"user {user!r} of tenant {tenant!r} does not exist")
-                version = self._conn.execute(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM summaries WHERE tenant=? AND user=? AND task=?",
-                    (tenant, user, task),
-                ).fetchone()[0]
-                summary = Summary(tenant, user, task, int(version), text, item_count, model, time.time())
-                self._conn.execute(
-                    "INSERT INTO summaries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (tenant, user, task, summary.version, text, item_count, model, summary.created_at),
+        with self._db.write() as conn:
+            # Only a known user gets a summary: a user forgotten while the job ran stays forgotten. The row
+            # lock orders this against a concurrent forget and against another replica's summary of the user
+            # (which would pick the same version number).
+            known = conn.execute(
+                sa.select(users.c.tenant).where(_of_user(users, tenant, user)).with_for_update()
+            ).first()
+            if known is None:
+                raise LookupError(f"user {user!r} of tenant {tenant!r} does not exist")
+            version = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(summaries.c.version), 0) + 1).where(
+                    _of_user(summaries, tenant, user), summaries.c.task == task
                 )
-                self._conn.execute("COMMIT")
-            except LookupError:
-                raise
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._latest[(tenant, user, task)] = summary
+            ).scalar_one()
+            summary = Summary(tenant, user, task, int(version), text, item_count, model, time.time())
+            conn.execute(sa.insert(summaries).values(**summary.to_dict()))
+        with self._cache_lock:
+            self._generation += 1
+            if self._cache_summaries:
+                self._latest[(tenant, user, task)] = summary
         return summary
 
     def latest_summary(self, tenant: str, user: str, task: str) -> Summary | None:
         key = (tenant, user, task)
-        if key in self._latest:
-            return self._latest[key]
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM summaries WHERE tenant=? AND user=? AND task=? ORDER BY version DESC LIMIT 1",
-                key,
-            ).fetchone()
-            summary = Summary(**dict(row)) if row else None
-            self._latest[key] = summary
+        with self._cache_lock:
+            if key in self._latest:
+                return self._latest[key]
+            generation = self._generation
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(summaries)
+                .where(_of_user(summaries, tenant, user), summaries.c.task == task)
+                .order_by(summaries.c.version.desc())
+                .limit(1)
+            ).mappings().first()
+        summary = _summary(row) if row is not None else None
+        with self._cache_lock:
+            if self._cache_summaries and generation == self._generation:
+                self._latest[key] = summary
         return summary
 
     def summaries(self, tenant: str, user: str, task: str | None = None) -> list[Summary]:
-        where, args = "tenant=? AND user=?", [tenant, user]
+        where = _of_user(summaries, tenant, user)
         if task is not None:
-            where += " AND task=?"
-            args.append(task)
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT * FROM summaries WHERE {where} ORDER BY task, version DESC", args
-            ).fetchall()
-        return [Summary(**dict(r)) for r in rows]
+            where = sa.and_(where, summaries.c.task == task)
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(summaries).where(where).order_by(summaries.c.task, summaries.c.version.desc())
+            ).mappings().all()
+        return [_summary(row) for row in rows]
 
     def import_summary(self, summary: Summary) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    summary.tenant,
-                    summary.user,
-                    summary.task,
-                    summary.version,
-                    summary.text,
-                    summary.item_count,
-                    summary.model,
-                    summary.created_at,
-                ),
-            )
+        """Write one summary version as given, replacing the same version if it exists."""
+        row = summary.to_dict()
+        stmt = self._db.insert(summaries).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[summaries.c.tenant, summaries.c.user, summaries.c.task, summaries.c.version],
+            set_={name: stmt.excluded[name] for name in ("text", "item_count", "model", "created_at")},
+        )
+        with self._db.write() as conn:
+            conn.execute(stmt)
+        with self._cache_lock:
+            self._generation += 1
             self._latest.pop((summary.tenant, summary.user, summary.task), None)
 
     # -- forget -------------------------------------------------------------------------------------
 
     def forget(self, tenant: str, user: str) -> dict[str, int]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            summaries = self._conn.execute(
-                "DELETE FROM summaries WHERE tenant=? AND user=?", (tenant, user)
-            ).rowcount
-            users = self._conn.execute("DELETE FROM users WHERE tenant=? AND user=?", (tenant, user)).rowcount
-            self._conn.execute("COMMIT")
+        """Remove the user's row and every summary version in one transaction.
+
+        The user's row goes first: that waits for (or blocks) a summary being added under its row lock, so the
+        summaries deleted next include one that committed just before."""
+        with self._db.write() as conn:
+            removed_users = conn.execute(sa.delete(users).where(_of_user(users, tenant, user))).rowcount
+            removed_summaries = conn.execute(sa.delete(summaries).where(_of_user(summaries, tenant, user))).rowcount
+        with self._cache_lock:
+            self._generation += 1
             for key in [k for k in self._latest if k[0] == tenant and k[1] == user]:
                 self._latest.pop(key, None)
-        return {"summaries": summaries, "users": users}
+        return {"summaries": int(removed_summaries), "users": int(removed_users)}
 
     def raw_rows(self, tenant: str, user: str) -> int:
         """How many rows of any table still mention the user (for tests and audits)."""
-        with self._lock:
-            a = self._conn.execute(
-                "SELECT COUNT(*) FROM users WHERE tenant=? AND user=?", (tenant, user)
-            ).fetchone()[0]
-            b = self._conn.execute(
-                "SELECT COUNT(*) FROM summaries WHERE tenant=? AND user=?", (tenant, user)
-            ).fetchone()[0]
-        return int(a) + int(b)
+        with self._db.read() as conn:
+            a = conn.execute(sa.select(sa.func.count()).select_from(users).where(_of_user(users, tenant, user)))
+            count = int(a.scalar_one())
+            b = conn.execute(
+                sa.select(sa.func.count()).select_from(summaries).where(_of_user(summaries, tenant, user))
+            )
+            count += int(b.scalar_one())
+        return count

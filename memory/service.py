@@ -30,6 +30,7 @@ from memory.staging import StagedStore
 from memory.store import ChromaStore, Hit, MemoryStore
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
 from memory.writer import IngestWriter
+from rapport.core.database import Database
 from rapport.core.messages import append_system, last_user_text
 
 log = logging.getLogger("rapport.memory")
@@ -93,6 +94,8 @@ class MemoryService:
         llm_factory: Callable[[], ChatLLM] | None = None,
         store: MemoryStore | None = None,
         redactor: Redactor | None = None,
+        catalog_db: Database | None = None,
+        migrate: bool = True,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -121,7 +124,9 @@ class MemoryService:
                     sole_writer=settings.store == "embedded",
                 )
         self.store: MemoryStore = store
-        self.catalog = Catalog(root / "catalog.sqlite3")
+        # The catalog's database comes from the builder (shared PostgreSQL, or the embedded file of the
+        # `memory/catalog` store); without one, the service opens today's file under the data dir itself.
+        self.catalog = Catalog(catalog_db if catalog_db is not None else root / "catalog.sqlite3", migrate=migrate)
         self.composer = Composer(settings.template_path)
         self.tasks = TaskRouter(settings, embedder)
         self.redactor = redactor if redactor is not None else (regex_redactor if settings.redact else None)

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -196,10 +197,24 @@ def doctor(config: ConfigOption = None) -> None:
             table.add_row(f"upstream {entry.model_name}", "[yellow]not running[/]", detail)
             continue
         row(f"upstream {entry.model_name}", ok, detail)
+    _check_stores(settings, row)
     out.print(table)
     if problems:
         console.print("[bold red]problems:[/]\n" + "\n".join(f"  - {p}" for p in problems))
         raise typer.Exit(1)
+
+
+def _check_stores(settings: RapportSettings, row: Callable[[str, bool, str], None]) -> None:
+    """The database each store uses: connection, pgvector (shared state) and schema versions; never the URL."""
+    from rapport.core.database import Databases
+    from rapport.core.dbcheck import check_databases
+
+    databases = Databases(settings.database_config())
+    try:
+        for check in check_databases(databases, known_schemas(), migrate_on_start=settings.database.migrate_on_start):
+            row(check.name, check.ok, check.detail)
+    finally:
+        databases.close()
 
 
 @app.command()

@@ -79,18 +79,27 @@ class Services:
             lock.acquire()
         try:
             metrics = Metrics()
-            return cls(
-                settings=settings,
-                upstream=UpstreamRouter(settings),
-                # Open mode (no keys at all) is for one developer's machine, never for shared replicas.
-                keys=KeyStore(
-                    settings.data_dir / "keys.sqlite3", settings.auth, allow_open_mode=not settings.shared_state
-                ),
-                limiter=RateLimiter(settings.limits, metrics),
-                metrics=metrics,
-                datadir_lock=lock,
-                databases=Databases(settings.database_config()),
-            )
+            databases = Databases(settings.database_config())
+            try:
+                keys = KeyStore(
+                    databases.for_store("keys"),
+                    settings.auth,
+                    # Open mode (no keys at all) is for one developer's machine, never for shared replicas.
+                    allow_open_mode=not settings.shared_state,
+                    migrate=settings.database.migrate_on_start,
+                )
+                return cls(
+                    settings=settings,
+                    upstream=UpstreamRouter(settings),
+                    keys=keys,
+                    limiter=RateLimiter(settings.limits, metrics),
+                    metrics=metrics,
+                    datadir_lock=lock,
+                    databases=databases,
+                )
+            except BaseException:
+                databases.close()
+                raise
         except BaseException:
             if lock is not None:
                 lock.release()

@@ -2,6 +2,13 @@
 
 Keys are 256-bit random tokens, so a fast hash is enough (no password stretching needed), and lookups by
 hash never compare secrets byte by byte in Python.
+
+The keys live in the `api_keys` table (proxy/auth/key_schema.py) of the store's `Database`: the embedded
+`keys.sqlite3` under the data dir, or the shared PostgreSQL database that every replica reads. Lookups are
+cached for `cache_ttl_s` (5 s by default) per process, so a key created or revoked on one replica (or by
+`rapport keys` in another process) takes effect on every other replica within that TTL, without a query on
+every request. Errors of the database are raised as they are: the auth dependency answers them with a 503,
+never with an unauthenticated pass.
 """
 
 from __future__ import annotations
@@ -9,17 +16,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+
+from proxy.auth.key_schema import SCHEMA, api_keys
 from proxy.settings import AuthSettings
+from rapport.core.database import Database
+from rapport.core.migrations import ensure
 
 KEY_PREFIX = "rk-"
 CACHE_TTL_S = 5.0
 CACHE_MAX_ENTRIES = 10_000
+
+_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.name,
+    api_keys.c.tenant,
+    api_keys.c.user,
+    api_keys.c.created_at,
+    api_keys.c.revoked,
+    api_keys.c.rate_limit_rps,
+)
 
 
 def hash_key(key: str) -> str:
@@ -37,17 +59,39 @@ class ApiKey:
     rate_limit_rps: float | None = None
 
 
+def _to_key(row: Row[tuple[str, str, str, str | None, float, int, float | None]]) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        name=row.name,
+        tenant=row.tenant,
+        user=row.user,
+        created_at=float(row.created_at),
+        revoked=bool(row.revoked),
+        rate_limit_rps=None if row.rate_limit_rps is None else float(row.rate_limit_rps),
+    )
+
+
 class KeyStore:
-    def __init__(self, path: Path, auth: AuthSettings, *, allow_open_mode: bool = True) -> None:
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, key_hash TEXT UNIQUE NOT NULL,"
-            " name TEXT NOT NULL, tenant TEXT NOT NULL, user TEXT, created_at REAL NOT NULL,"
-            " revoked INTEGER NOT NULL DEFAULT 0, rate_limit_rps REAL)"
-        )
+    def __init__(
+        self,
+        database: Database | Path | str,
+        auth: AuthSettings,
+        *,
+        allow_open_mode: bool = True,
+        cache_ttl_s: float = CACHE_TTL_S,
+        migrate: bool = True,
+    ) -> None:
+        # A path is the embedded convenience for tools and tests: the store then owns that SQLite file.
+        self._owns_db = not isinstance(database, Database)
+        self._db = database if isinstance(database, Database) else Database.sqlite(database)
+        try:
+            ensure(self._db, SCHEMA, migrate_on_start=migrate)
+        except BaseException:
+            if self._owns_db:
+                self._db.close()
+            raise
+        self._ttl = cache_ttl_s
+        self._cache_lock = threading.Lock()
         # Static keys from config live in memory only: they are never written to disk.
         self._static: dict[str, ApiKey] = {}
         for i, static in enumerate(auth.static_keys):
@@ -63,8 +107,6 @@ class KeyStore:
             )
         admin = auth.admin_key.get_secret_value() if auth.admin_key else None
         self._admin_hash = hash_key(admin) if admin else None
-        # Lookups are cached briefly: keys created or revoked by `rapport keys` in another process take
-        # effect within the TTL without a query on every request.
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._any_keys: tuple[float, bool] | None = None
         self._open = allow_open_mode and not self.has_admin_key and not self.any_proxy_keys()
@@ -96,10 +138,11 @@ class KeyStore:
         if self._static:
             return True
         now = time.monotonic()
-        if self._any_keys is not None and now - self._any_keys[0] < CACHE_TTL_S:
-            return self._any_keys[1]
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM api_keys WHERE revoked = 0 LIMIT 1").fetchone()
+        cached = self._any_keys
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(sa.literal(1)).where(api_keys.c.revoked == 0).limit(1)).first()
         self._any_keys = (now, row is not None)
         return row is not None
 
@@ -109,28 +152,23 @@ class KeyStore:
         if static is not None:
             return static
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < CACHE_TTL_S:
+        with self._cache_lock:
+            cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        with self._lock:
-            row = self._db.execute(
-                "SELECT key_id, name, tenant, user, created_at, revoked, rate_limit_rps FROM api_keys"
-                " WHERE key_hash = ?",
-                (digest,),
-            ).fetchone()
-        found = None if row is None or row[5] else ApiKey(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
-        if len(self._cache) >= CACHE_MAX_ENTRIES:
-            self._cache.clear()  # bounded: a flood of wrong keys cannot grow memory
-        self._cache[digest] = (now, found)
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(*_COLUMNS).where(api_keys.c.key_hash == digest)).first()
+        found = None if row is None or row.revoked else _to_key(row)
+        with self._cache_lock:
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()  # bounded: a flood of wrong keys cannot grow memory
+            self._cache[digest] = (now, found)
         return found
 
     def list(self) -> list[ApiKey]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key_id, name, tenant, user, created_at, revoked, rate_limit_rps FROM api_keys"
-                " ORDER BY created_at"
-            ).fetchall()
-        return [ApiKey(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(*_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.key_id)).all()
+        return [_to_key(row) for row in rows]
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -148,23 +186,36 @@ class KeyStore:
             revoked=False,
             rate_limit_rps=rate_limit_rps,
         )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys (key_id, key_hash, name, tenant, user, created_at, revoked, rate_limit_rps)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                (key.key_id, hash_key(plain), name, tenant, user, key.created_at, rate_limit_rps),
+        with self._db.write() as conn:
+            conn.execute(
+                sa.insert(api_keys).values(
+                    key_id=key.key_id,
+                    key_hash=hash_key(plain),
+                    name=name,
+                    tenant=tenant,
+                    user=user,
+                    created_at=key.created_at,
+                    revoked=0,
+                    rate_limit_rps=rate_limit_rps,
+                )
             )
-        self._cache.clear()
-        self._any_keys = None
+        self._forget_cached()
         return plain, key
 
     def revoke(self, key_id: str) -> bool:
-        with self._lock:
-            cur = self._db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ? AND revoked = 0", (key_id,))
-        self._cache.clear()
+        with self._db.write() as conn:
+            result = conn.execute(
+                sa.update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.revoked == 0).values(revoked=1)
+            )
+        self._forget_cached()
+        return bool(result.rowcount)
+
+    def _forget_cached(self) -> None:
+        # This process sees its own change at once; other processes within the TTL.
+        with self._cache_lock:
+            self._cache.clear()
         self._any_keys = None
-        return cur.rowcount > 0
 
     def close(self) -> None:
-        with self._lock:
+        if self._owns_db:
             self._db.close()

@@ -19,6 +19,7 @@ from memory.embedding import SentenceTransformerEmbedder
 from memory.jobs import JobQueue
 from memory.llm import LLMResult
 from memory.service import MemoryService
+from rapport.core.database import Database
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +55,20 @@ async def make_service(
 ) -> AsyncIterator[MakeService]:
     made: list[tuple[MemoryService, JobQueue]] = []
 
-    def _make(data_dir: Path | None = None, start_jobs: bool = True, **overrides: Any) -> MemoryService:
+    def _make(
+        data_dir: Path | None = None, start_jobs: bool = True, catalog: Database | None = None, **overrides: Any
+    ) -> MemoryService:
+        """A service over real Chroma under `data_dir`; its catalog in `catalog` (a test's `storage.open()`,
+        either backend) or, by default, in today's embedded file under the data dir."""
         root = data_dir or tmp_path / "data"
         jobs = JobQueue(root / "jobs.sqlite3", poll_interval_s=0.05)
         service = MemoryService(
-            MemorySettings(**overrides), data_dir=root, embedder=embedder, jobs=jobs, llm_factory=lambda: llm
+            MemorySettings(**overrides),
+            data_dir=root,
+            embedder=embedder,
+            jobs=jobs,
+            llm_factory=lambda: llm,
+            catalog_db=catalog,
         )
         made.append((service, jobs))
         return service

@@ -14,6 +14,7 @@ from memory.items import MemoryItem
 from memory.service import MemoryOptions
 from memory.store import ChromaStore, collection_name
 from tests.memory.conftest import MakeService, RecordingLLM
+from tests.support.postgres import Backend
 
 FACTS = [
     "I am vegetarian and never eat meat.",
@@ -120,13 +121,13 @@ async def test_isolation_across_users_and_tenants(make_service: MakeService) -> 
     assert (await service.retrieve("t1", "nobody", "PIN")).block == ""
 
 
-async def test_persistence_across_restart(make_service: MakeService, tmp_path: Path) -> None:
+async def test_persistence_across_restart(storage: Backend, make_service: MakeService, tmp_path: Path) -> None:
     data = tmp_path / "persist"
-    first = make_service(data_dir=data, summaries=False)
+    first = make_service(data_dir=data, summaries=False, catalog=storage.open())
     await first.ingest(items("t", "u", FACTS))
     await first.jobs.close()
     first.close()
-    second = make_service(data_dir=data, summaries=False)
+    second = make_service(data_dir=data, summaries=False, catalog=storage.open())
     assert len(await second.items("t", "u")) == 4
     user = await second.user("t", "u")
     assert user is not None and user.items == 4
@@ -134,8 +135,10 @@ async def test_persistence_across_restart(make_service: MakeService, tmp_path: P
     assert "Lisbon" in retrieval.block
 
 
-async def test_summary_job_written_offline_and_composed(make_service: MakeService, llm: RecordingLLM) -> None:
-    service = make_service(summary_every=3, summary_item_fraction=0.25, min_similarity=-1.0)
+async def test_summary_job_written_offline_and_composed(
+    storage: Backend, make_service: MakeService, llm: RecordingLLM
+) -> None:
+    service = make_service(summary_every=3, summary_item_fraction=0.25, min_similarity=-1.0, catalog=storage.open())
     await service.jobs.start()
     await service.ingest(items("t", "u", FACTS))
     jobs, _ = await service.jobs.list(kind="memory.summary")
@@ -156,9 +159,9 @@ async def test_summary_job_written_offline_and_composed(make_service: MakeServic
     assert [s.version for s in await service.summaries("t", "u")] == [2, 1]
 
 
-async def test_forget_leaves_nothing_in_chroma(make_service: MakeService, tmp_path: Path) -> None:
+async def test_forget_leaves_nothing_in_chroma(storage: Backend, make_service: MakeService, tmp_path: Path) -> None:
     data = tmp_path / "forget"
-    service = make_service(data_dir=data, summary_every=1)
+    service = make_service(data_dir=data, summary_every=1, catalog=storage.open())
     await service.jobs.start()
     await service.ingest(items("t", "gone", FACTS[:2]))
     await service.ingest(items("t", "kept", FACTS[2:]))
@@ -180,7 +183,7 @@ async def test_forget_leaves_nothing_in_chroma(make_service: MakeService, tmp_pa
     for name in names:
         got = client.get_collection(name).get(where={"user": "gone"})
         assert got["ids"] == []
-    reopened = make_service(data_dir=data)
+    reopened = make_service(data_dir=data, catalog=storage.open())
     assert reopened.catalog.raw_rows("t", "gone") == 0
     assert (await reopened.jobs.list(user="gone"))[1] == 0
     assert len(await reopened.items("t", "kept")) == 2

@@ -93,3 +93,16 @@ def test_cli_keys_lifecycle_stores_only_hashes(tmp_path: Path):
 def test_cli_version(tmp_path: Path):
     result = run_cli("version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("rapport ")
+
+
+def test_cli_doctor_checks_the_database_and_never_shows_its_password(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'd'}\nlocal: {{enabled: false}}\nmodel_list: []\n"
+        "database_url: postgresql://rapport:s3cret-pw@127.0.0.1:9/rapport\n"
+    )
+    result = run_cli("doctor", "--config", str(config), cwd=tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "database postgresql://127.0.0.1:9/rapport" in " ".join(said.split()) and "FAIL" in said
+    assert "s3cret-pw" not in said and "rapport:s3cret" not in said

@@ -1,0 +1,79 @@
+"""The memory catalog's tables and their migrations (see rapport/core/migrations.py for the scheme).
+
+Version 1 is the two tables the SQLite catalog always created (`CREATE TABLE IF NOT EXISTS`, the same columns
+and keys), so an existing `memory/catalog.sqlite3` is adopted as version 1 with its users and summaries intact.
+Embedded, the catalog keeps its file under the data dir's `memory/` folder, hence the store name
+`memory/catalog` (`Databases.for_store` puts it at `<data_dir>/memory/catalog.sqlite3`).
+Times are DOUBLE PRECISION (the same REAL affinity on SQLite; PostgreSQL's REAL is too small for an epoch);
+`user` is quoted because PostgreSQL reserves it.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from rapport.core.database import Database
+from rapport.core.migrations import Migration, Schema, register
+
+STORE = "memory/catalog"
+
+metadata = sa.MetaData()
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("user", sa.Text, primary_key=True),
+    sa.Column("items", sa.Integer, nullable=False),
+    sa.Column("since_summary", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+)
+summaries = sa.Table(
+    "summaries",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("user", sa.Text, primary_key=True),
+    sa.Column("task", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("model", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+def _v1_tables(conn: Connection, db: Database) -> None:
+    conn.exec_driver_sql(
+        """CREATE TABLE IF NOT EXISTS users (
+            tenant TEXT NOT NULL,
+            "user" TEXT NOT NULL,
+            items INTEGER NOT NULL DEFAULT 0,
+            since_summary INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant, "user")
+        )"""
+    )
+    conn.exec_driver_sql(
+        """CREATE TABLE IF NOT EXISTS summaries (
+            tenant TEXT NOT NULL,
+            "user" TEXT NOT NULL,
+            task TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            item_count INTEGER NOT NULL,
+            model TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant, "user", task, version)
+        )"""
+    )
+
+
+SCHEMA = register(
+    Schema(
+        component="catalog",
+        store=STORE,
+        migrations=(Migration(1, "users and summaries tables (the embedded catalog's original shape)", _v1_tables),),
+    )
+)
