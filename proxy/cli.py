@@ -8,7 +8,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +22,7 @@ from proxy import __version__
 from proxy.settings import ConfigError, RapportSettings, load_settings
 
 if TYPE_CHECKING:
+    from proxy.auth.keys import KeyStore
     from rapport.core.migrations import Schema
 
 app = typer.Typer(help="Rapport: a personalization proxy for any LLM.", no_args_is_help=True, add_completion=False)
@@ -94,12 +96,9 @@ def serve(
         )
         raise typer.Exit(2)
 
-    from proxy.auth.keys import KeyStore
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = KeyStore(settings.data_dir / "keys.sqlite3", settings.auth, allow_open_mode=not settings.shared_state)
-    open_mode = store.open_mode
-    store.close()
+    with _keystore_of(settings) as store:
+        open_mode = store.open_mode
     if open_mode:
         if settings.server.host not in ("127.0.0.1", "localhost", "::1"):
             console.print(f"[yellow]refusing to bind {settings.server.host}: no API keys are configured[/]")
@@ -235,12 +234,39 @@ def version() -> None:
     out.print(f"rapport {__version__}")
 
 
-def _keystore(config: Path | None):  # type: ignore[no-untyped-def]
+@contextmanager
+def _keystore_of(settings: RapportSettings, *, allow_open_mode: bool | None = None) -> Iterator[KeyStore]:
+    """The key store of these settings (the data dir's keys.sqlite3, or the shared database), closed after."""
     from proxy.auth.keys import KeyStore
+    from rapport.core.database import Databases, DatabaseUnavailable
 
+    databases = Databases(settings.database_config())
+    try:
+        try:
+            store = KeyStore(
+                databases.for_store("keys"),
+                settings.auth,
+                allow_open_mode=not settings.shared_state if allow_open_mode is None else allow_open_mode,
+                migrate=settings.database.migrate_on_start,
+            )
+        except DatabaseUnavailable as exc:
+            # Its message says where and the driver's error class, never the URL (it may hold a password).
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+        try:
+            yield store
+        finally:
+            store.close()
+    finally:
+        databases.close()
+
+
+@contextmanager
+def _keystore(config: Path | None) -> Iterator[KeyStore]:
     settings = _settings(config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return KeyStore(settings.data_dir / "keys.sqlite3", settings.auth)
+    with _keystore_of(settings, allow_open_mode=False) as store:
+        yield store
 
 
 @keys_app.command("create")
@@ -252,9 +278,8 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Create a proxy API key. The key is printed once; only its hash is stored."""
-    store = _keystore(config)
-    plain, key = store.create(name=name, tenant=tenant, user=user, rate_limit_rps=rps)
-    store.close()
+    with _keystore(config) as store:
+        plain, key = store.create(name=name, tenant=tenant, user=user, rate_limit_rps=rps)
     console.print(f"created [bold]{key.key_id}[/] for tenant [bold]{tenant}[/]; store the key now, it is not shown again:")
     out.print(plain)
 
@@ -262,20 +287,18 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOption = None) -> None:
     """List proxy API keys (never the keys themselves)."""
-    store = _keystore(config)
     table = Table("key_id", "name", "tenant", "user", "revoked")
-    for key in store.list():
-        table.add_row(key.key_id, key.name, key.tenant, key.user or "-", "yes" if key.revoked else "no")
-    store.close()
+    with _keystore(config) as store:
+        for key in store.list():
+            table.add_row(key.key_id, key.name, key.tenant, key.user or "-", "yes" if key.revoked else "no")
     out.print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
     """Revoke a proxy API key by its id."""
-    store = _keystore(config)
-    done = store.revoke(key_id)
-    store.close()
+    with _keystore(config) as store:
+        done = store.revoke(key_id)
     if not done:
         console.print(f"[red]no active key {key_id}[/]")
         raise typer.Exit(1)
@@ -286,7 +309,7 @@ db_app = typer.Typer(help="The database that holds Rapport's state: schema migra
 app.add_typer(db_app, name="db")
 # Modules that declare a store's schema (rapport.core.migrations.register): a store added to the database adds
 # its module here, and `rapport db upgrade` (and doctor's schema check) then cover it.
-SCHEMA_MODULES = ("memory.job_schema",)
+SCHEMA_MODULES = ("memory.job_schema", "memory.catalog_schema", "proxy.auth.key_schema")
 
 
 def known_schemas() -> list[Schema]:
