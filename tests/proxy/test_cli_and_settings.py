@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from proxy.settings import ConfigError, RapportSettings, load_settings
+from rapport.core.database import Database
+from tests.support.postgres import Backend
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -71,17 +74,28 @@ def test_cli_doctor_reports_unreachable_upstream(tmp_path: Path):
     assert "upstream m" in result.stderr and "unreachable" in result.stderr
 
 
-def test_cli_keys_lifecycle_stores_only_hashes(tmp_path: Path):
+def test_cli_keys_lifecycle_stores_only_hashes(tmp_path: Path, storage: Backend):
     config = tmp_path / "c.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'd'}\nlocal: {{enabled: false}}\n")
+    # The embedded default keeps keys in the data dir's keys.sqlite3; with database_url, in that database.
+    shared = f"database_url: '{storage.url}'\n" if storage.name == "postgres" else ""
+    config.write_text(f"data_dir: {tmp_path / 'd'}\nlocal: {{enabled: false}}\n{shared}")
     created = run_cli("keys", "create", "--name", "ci", "--tenant", "acme", "--config", str(config), cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     plain = created.stdout.strip().splitlines()[-1]
     assert plain.startswith("rk-")
-    db = sqlite3.connect(tmp_path / "d" / "keys.sqlite3")
-    dump = "\n".join(db.iterdump())
-    assert plain not in dump, "the plain key must never be stored"
-    key_id = db.execute("SELECT key_id FROM api_keys").fetchone()[0]
+    assert (tmp_path / "d" / "keys.sqlite3").exists() == (storage.name == "sqlite")
+    db = storage.open() if shared else Database.sqlite(tmp_path / "d" / "keys.sqlite3")
+    try:
+        with db.read() as conn:
+            rows = [repr(tuple(row)) for row in conn.execute(sa.text("SELECT * FROM api_keys"))]
+            key_id = conn.execute(sa.text("SELECT key_id FROM api_keys")).scalar_one()
+    finally:
+        db.close()
+    assert plain not in "\n".join(rows), "the plain key must never be stored"
+    if not shared:
+        with sqlite3.connect(tmp_path / "d" / "keys.sqlite3") as file:
+            assert plain not in "\n".join(file.iterdump()), "the plain key must never be in the file"
+        file.close()
     listed = run_cli("keys", "list", "--config", str(config), cwd=tmp_path)
     assert key_id in listed.stdout and "acme" in listed.stdout
     revoked = run_cli("keys", "revoke", key_id, "--config", str(config), cwd=tmp_path)
