@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -42,15 +42,15 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("api-key")
 
 
-def open_mode(services: Services) -> bool:
+async def open_mode(services: Services) -> bool:
     """No proxy key and no admin key at start: local development, bound to 127.0.0.1 only (KeyStore.open_mode)."""
-    return _key_store(lambda: services.keys.open_mode)
+    return await _key_store(services.keys.aopen_mode())
 
 
-def _key_store(call: Callable[[], T]) -> T:
+async def _key_store(call: Awaitable[T]) -> T:
     """A key-store failure answers 503: auth fails closed, never an unauthenticated pass."""
     try:
-        return call()
+        return await call
     except Exception as exc:
         log.exception("the key store failed")
         raise ServiceUnavailable("The API key store is unavailable; try again shortly.") from exc
@@ -60,14 +60,14 @@ async def require_principal(request: Request) -> Principal:
     services = services_of(request)
     token = _bearer(request)
     if token is None:
-        if open_mode(services):
+        if await open_mode(services):
             return Principal(key_id="open", tenant=OPEN_TENANT)
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
     if services.keys.is_admin(token):
         return Principal(key_id="admin", tenant=OPEN_TENANT, is_admin=True)
-    key = _key_store(lambda: services.keys.lookup(token))
+    key = await _key_store(services.keys.alookup(token))
     if key is None:
-        if open_mode(services):
+        if await open_mode(services):
             # In open mode any placeholder key an SDK insists on (e.g. "sk-local") is accepted.
             return Principal(key_id="open", tenant=OPEN_TENANT)
         raise AuthenticationFailed("Incorrect API key provided.")
@@ -78,13 +78,13 @@ async def require_admin(request: Request) -> Principal:
     services = services_of(request)
     token = _bearer(request)
     if not services.keys.has_admin_key:
-        if open_mode(services):
+        if await open_mode(services):
             return Principal(key_id="open", tenant=OPEN_TENANT, is_admin=True)
         raise PermissionDenied("Admin API is disabled: no admin key is configured (auth.admin_key).")
     if token is None:
         raise AuthenticationFailed("Missing admin key: send 'Authorization: Bearer <admin key>'.")
     if services.keys.is_admin(token):
         return Principal(key_id="admin", tenant=OPEN_TENANT, is_admin=True)
-    if _key_store(lambda: services.keys.lookup(token)) is not None:
+    if await _key_store(services.keys.alookup(token)) is not None:
         raise PermissionDenied("This key is a proxy key; admin routes need the admin key.")
     raise AuthenticationFailed("Incorrect admin key provided.")

@@ -165,6 +165,27 @@ class KeyStore:
             self._cache[digest] = (now, found)
         return found
 
+    # -- the request path: what needs the database runs in its threads, never on the event loop ----------
+
+    async def alookup(self, presented: str) -> ApiKey | None:
+        """`lookup` for the request path: a static key or a cached answer at once, a database query in the
+        database's threads (a slow or unreachable database must not stall every other request)."""
+        digest = hash_key(presented)
+        with self._cache_lock:
+            cached = self._cache.get(digest)
+        if digest in self._static or (cached is not None and time.monotonic() - cached[0] < self._ttl):
+            return self.lookup(presented)  # answered from memory
+        return await self._db.run(self.lookup, presented)
+
+    async def aopen_mode(self) -> bool:
+        """`open_mode` for the request path (it queries only while open mode lasts and its cache is stale)."""
+        if not self._open:
+            return False
+        cached = self._any_keys
+        if self._static or (cached is not None and time.monotonic() - cached[0] < self._ttl):
+            return self.open_mode
+        return await self._db.run(lambda: self.open_mode)
+
     def list(self) -> list[ApiKey]:
         with self._db.read() as conn:
             rows = conn.execute(sa.select(*_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.key_id)).all()

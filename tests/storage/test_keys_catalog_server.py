@@ -3,12 +3,16 @@ of them is in either data dir."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from rapport import NotFoundError, Rapport
+from rapport.core.database import Database
 from tests.memory.test_proxy import MEMORY_ONLY, TENANT
 from tests.support.helpers import wait_until
 from tests.support.upstream import Reply
@@ -66,3 +70,65 @@ def test_two_replicas_share_keys_and_the_catalog(
     for handle in (a, b):
         assert not (handle.settings.data_dir / "keys.sqlite3").exists()
         assert not (handle.settings.data_dir / "memory" / "catalog.sqlite3").exists()
+
+
+def test_a_key_lookup_waiting_on_the_database_does_not_stall_other_requests(
+    make_rapport: Any, postgres_url: str, tmp_path: Any
+) -> None:
+    server = make_rapport(plugins=(), data_dir=tmp_path / "r", database_url=postgres_url)
+    locker = Database.postgres(postgres_url)
+    outcome: list[int] = []
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            with locker.write() as conn:
+                # Every read of api_keys now waits for this transaction: a lookup that reaches the database hangs.
+                conn.execute(sa.text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+                waiting = threading.Thread(
+                    target=lambda: outcome.append(
+                        client.post("/chat/completions", json=CHAT, headers={"authorization": "Bearer rk-unknown"}).status_code
+                    )
+                )
+                waiting.start()
+                wait_until(lambda: lock_waiters(locker) > 0, within=20)
+                # A config key needs no query: it is answered while the other lookup waits (a lookup run on the
+                # event loop would hold every request behind it).
+                started = time.monotonic()
+                ok = client.post("/chat/completions", json=CHAT, headers={"authorization": f"Bearer {server.api_key}"})
+                assert ok.status_code == 200 and time.monotonic() - started < 10
+                assert not outcome, "the waiting lookup answered before the lock was released"
+            waiting.join(timeout=30)
+            assert outcome == [401]
+    finally:
+        locker.close()
+
+
+def lock_waiters(db: Database) -> int:
+    with db.read() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def test_a_failing_key_store_answers_503_and_recovers_without_a_restart(
+    make_rapport: Any, postgres_url: str, tmp_path: Any
+) -> None:
+    server = make_rapport(plugins=(), data_dir=tmp_path / "r", database_url=postgres_url)
+    plain, _ = server.services.keys.create("stored", tenant=TENANT)
+    admin = Database.postgres(postgres_url)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            with admin.write() as conn:
+                conn.execute(sa.text("ALTER TABLE api_keys RENAME TO api_keys_away"))
+            for key in ("rk-never-seen-1", "rk-never-seen-2"):
+                response = client.post("/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"})
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "service_unavailable"
+            with admin.write() as conn:
+                conn.execute(sa.text("ALTER TABLE api_keys_away RENAME TO api_keys"))
+            assert client.post("/chat/completions", json=CHAT, headers={"authorization": "Bearer rk-never-seen-3"}).status_code == 401
+            stored = client.post("/chat/completions", json=CHAT, headers={"authorization": f"Bearer {plain}"})
+            assert stored.status_code == 200
+    finally:
+        admin.close()
