@@ -80,12 +80,12 @@ def test_a_cached_lookup_outlives_a_revoke_elsewhere_only_for_the_ttl(storage: B
     a = KeyStore(storage.open(), AuthSettings())
     b = KeyStore(storage.open(), AuthSettings(), cache_ttl_s=1.0)
     plain, key = a.create("k")
+    cached_at = time.monotonic()
     assert b.lookup(plain) == key
-    revoked_at = time.monotonic()
     assert a.revoke(key.key_id)
     wait_until(lambda: b.lookup(plain) is None, within=10)
     # The documented bound: a revoke reaches other replicas within the TTL, and not before their cache expires.
-    assert time.monotonic() - revoked_at >= 0.5
+    assert time.monotonic() - cached_at >= 1.0
 
 
 def test_a_database_error_is_raised_not_taken_for_a_missing_key(storage: Backend) -> None:
