@@ -111,9 +111,15 @@ class Catalog:
 
     # -- users --------------------------------------------------------------------------------------
 
-    def _upsert(self, conn: Connection, tenant: str, user: str, added: int, now: float) -> UserRecord:
+    def _upsert(self, conn: Connection, added: dict[tuple[str, str], int], now: float) -> list[UserRecord]:
+        """One INSERT .. ON CONFLICT DO UPDATE for every user (one round trip), rows in key order: two replicas
+        touching the same users lock their rows in the same order, so they cannot deadlock."""
         stmt = self._db.insert(users).values(
-            tenant=tenant, user=user, items=added, since_summary=added, created_at=now, last_seen=now
+            [
+                {"tenant": tenant, "user": user, "items": count, "since_summary": count, "created_at": now,
+                 "last_seen": now}
+                for (tenant, user), count in sorted(added.items())
+            ]
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=[users.c.tenant, users.c.user],
@@ -124,23 +130,21 @@ class Catalog:
                 "last_seen": stmt.excluded.last_seen,
             },
         ).returning(*users.c)
-        return _user(conn.execute(stmt).mappings().one())
+        return [_user(row) for row in conn.execute(stmt).mappings().all()]
 
     def touch(self, tenant: str, user: str, added: int) -> UserRecord:
-        with self._db.write() as conn:
-            return self._upsert(conn, tenant, user, added, time.time())
+        [record] = self.touch_many({(tenant, user): added})
+        return record
 
     def touch_many(self, added: dict[tuple[str, str], int]) -> list[UserRecord]:
-        """`touch` for several users in one transaction (one commit, not one per user), in the order given.
-
-        Rows are upserted in key order: two replicas touching the same users lock their rows in the same order,
-        so they cannot deadlock."""
-        now = time.time()
-        out: dict[tuple[str, str], UserRecord] = {}
+        """`touch` for several users in one statement and one commit; the records in the order given."""
+        if not added:
+            return []
         with self._db.write() as conn:
-            for tenant, user in sorted(added):
-                out[(tenant, user)] = self._upsert(conn, tenant, user, added[(tenant, user)], now)
-        return [out[key] for key in added]
+            records = self._upsert(conn, added, time.time())
+        # RETURNING promises no order: match the records to the keys.
+        by_key = {(r.tenant, r.user): r for r in records}
+        return [by_key[key] for key in added]
 
     def set_count(self, tenant: str, user: str, items: int) -> None:
         with self._db.write() as conn:
