@@ -23,7 +23,8 @@ from proxy.entrypoints.health.api_router import router as health_router
 from proxy.entrypoints.models.api_router import router as models_router
 from proxy.entrypoints.responses.api_router import router as responses_router
 from proxy.entrypoints.responses.serving import ResponsesServing
-from proxy.entrypoints.responses.store import SQLiteResponseStore
+from proxy.entrypoints.responses.store import SqlResponseStore
+from proxy.entrypoints.responses.store_schema import STORE as RESPONSES_STORE
 from proxy.errors import InvalidRequest, NotFound, RapportError
 from proxy.looplag import LoopLagMonitor
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -102,9 +103,14 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
     services.upstream.observe = lambda model, seconds: services.metrics.upstream_latency.labels(model).observe(seconds)
     services.plugins = load_plugins(services, plugins)
     lag_monitor = LoopLagMonitor(services.metrics, stall_log_s=settings.server.loop_stall_log_s)
+    assert services.databases is not None  # Services.build opens them
     responses = ResponsesServing(
         services,
-        SQLiteResponseStore(settings.data_dir / "responses.sqlite3", settings.responses.retention_days * 86400.0),
+        SqlResponseStore(
+            services.databases.for_store(RESPONSES_STORE),
+            settings.responses.retention_days * 86400.0,
+            migrate=settings.database.migrate_on_start,
+        ),
     )
     if services.jobs is not None:
         # Forgetting a user removes their stored responses with the rest of what Rapport keeps about them.

@@ -309,7 +309,14 @@ db_app = typer.Typer(help="The database that holds Rapport's state: schema migra
 app.add_typer(db_app, name="db")
 # Modules that declare a store's schema (rapport.core.migrations.register): a store added to the database adds
 # its module here, and `rapport db upgrade` (and doctor's schema check) then cover it.
-SCHEMA_MODULES = ("memory.job_schema", "memory.catalog_schema", "proxy.auth.key_schema")
+SCHEMA_MODULES = (
+    "memory.job_schema",
+    "memory.catalog_schema",
+    "proxy.auth.key_schema",
+    "reasoning.rpm.store_schema",
+    "reasoning.vas.store_schema",
+    "proxy.entrypoints.responses.store_schema",
+)
 
 
 def known_schemas() -> list[Schema]:

@@ -10,6 +10,7 @@ per choice index) (both below).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
@@ -21,6 +22,8 @@ from rapport.core.messages import append_system, last_user_text
 from reasoning.rpm.engine import RPMEngine
 from reasoning.rpm.generate import ReasoningStreamFilter, strip_reasoning
 from reasoning.rpm.models import HistoryItem, RPMRequestOptions
+from reasoning.rpm.store import RPMStore
+from reasoning.rpm.store_schema import STORE as RPM_STORE
 
 if TYPE_CHECKING:
     from memory.jobs import Job, Progress
@@ -177,6 +180,20 @@ class RPMPlugin:
         return {"entries": await self.engine.forget(tenant, user)}
 
 
+def rpm_store(services: Services) -> RPMStore:
+    """RPM's store on the server's databases: the shared PostgreSQL one, else `<data_dir>/rpm/rpm.sqlite3`
+    (or the file under `rpm.store_dir` where the operator moved it)."""
+    from rapport.core.database import Databases
+
+    settings = services.settings
+    if services.databases is None:
+        services.databases = Databases(settings.database_config())
+    migrate = settings.database.migrate_on_start
+    if settings.rpm.store_dir is not None and not services.databases.shared:
+        return RPMStore(Path(settings.rpm.store_dir) / "rpm.sqlite3", migrate=migrate)
+    return RPMStore(services.databases.for_store(RPM_STORE), migrate=migrate)
+
+
 def build(services: Services) -> Plugin | None:
     from proxy.stages.memory_plugin import build_shared
 
@@ -184,6 +201,6 @@ def build(services: Services) -> Plugin | None:
     build_shared(services)
     settings = services.settings
     llm = services.utility_llm(settings.rpm.utility_model) if settings.model_list else None
-    engine = RPMEngine.open(settings.rpm, settings.data_dir, services.embedder, llm)
+    engine = RPMEngine(settings.rpm, rpm_store(services), services.embedder, llm)
     plugin: Any = RPMPlugin(services, engine, owns_jobs)
     return plugin  # type: ignore[no-any-return]

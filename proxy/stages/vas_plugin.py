@@ -29,6 +29,8 @@ from reasoning.vas.decoding import DecodeResult
 from reasoning.vas.engine import Plan, VASEngine, VASOptionError, parse_request
 from reasoning.vas.llama_base import LlamaCppLM
 from reasoning.vas.request_fit import text_messages, unsupported
+from reasoning.vas.store import ProfileStore
+from reasoning.vas.store_schema import STORE as VAS_STORE
 
 if TYPE_CHECKING:
     from proxy.plugins import Plugin
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rapport.vas")
 _STATE = "vas"
+# The profile file `<data_dir>/vas/vas.sqlite3` that `Databases.for_store(VAS_STORE)` opens.
+DEFAULT_STORE_FILE = "vas.sqlite3"
 
 
 class VASStage:
@@ -210,13 +214,27 @@ def _usage(result: DecodeResult) -> dict[str, int]:
             "total_tokens": prompt + result.base_tokens}
 
 
+def profile_store(services: Services) -> ProfileStore:
+    """VAS profiles on the server's databases: the shared PostgreSQL one, else `<data_dir>/vas/vas.sqlite3`
+    (or the file `vas.store_file` names there)."""
+    from rapport.core.database import Databases
+
+    settings = services.settings
+    if services.databases is None:
+        services.databases = Databases(settings.database_config())
+    migrate = settings.database.migrate_on_start
+    if settings.vas.store_file != DEFAULT_STORE_FILE and not services.databases.shared:
+        return ProfileStore(settings.data_dir / "vas" / settings.vas.store_file, migrate=migrate)
+    return ProfileStore(services.databases.for_store(VAS_STORE), migrate=migrate)
+
+
 class VASPlugin:
     name = "vas"
 
     def __init__(self, services: Services) -> None:
         self.services = services
         settings = services.settings
-        self.engine = VASEngine(settings.vas, settings.data_dir / "vas")
+        self.engine = VASEngine(settings.vas, settings.data_dir / "vas", profile_store(services))
         self._stage = VASStage(self)
         if services.jobs is not None and hasattr(services.jobs, "on_forget"):
             services.jobs.on_forget("vas", self._forget)

@@ -1,120 +1,118 @@
-"""RPM's persistent store: one SQLite file; vectors as float32 blobs. Every row is scoped by (tenant, user).
+"""RPM's persistent store on a `Database`: the embedded SQLite file, or the PostgreSQL database replicas share.
 
-The methods are blocking; the engine calls them through `asyncio.to_thread`.
+Every row is scoped by (tenant, user); vectors are float32 blobs. Tables and migrations: reasoning/rpm/store_schema.py.
+The methods are blocking; the engine and the admin API call them through `asyncio.to_thread`.
+
+Each method is one transaction, so a replica reads what another committed, and a forget (history, features,
+factors, paths and build progress) is one transaction on every backend. Rows derived from an entry (features,
+a reasoning path) are written only while the entry exists, checked under a lock on it in the same transaction:
+a build that races a forget or an entry's delete, on any replica, writes nothing instead of leaving orphans.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
 
+from rapport.core.database import Database
+from rapport.core.migrations import ensure
 from reasoning.rpm.models import Factor, FactorStats, Feature, HistoryEntry, ReasoningPath, StoredFeature
+from reasoning.rpm.store_schema import SCHEMA, TABLES
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, user TEXT NOT NULL,
-    input TEXT NOT NULL, response TEXT NOT NULL, task TEXT, source TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', skip_reason TEXT, created_at REAL NOT NULL, input_vec BLOB);
-CREATE INDEX IF NOT EXISTS entries_user ON entries(tenant, user, status);
-CREATE TABLE IF NOT EXISTS features (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
-    tenant TEXT NOT NULL, user TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, evidence TEXT NOT NULL,
-    extractor TEXT NOT NULL, factor_id INTEGER, name_vec BLOB NOT NULL, feat_vec BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS features_user ON features(tenant, user);
-CREATE INDEX IF NOT EXISTS features_entry ON features(entry_id);
-CREATE TABLE IF NOT EXISTS factors (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, user TEXT NOT NULL, name TEXT NOT NULL,
-    members TEXT NOT NULL, stats TEXT NOT NULL, centroid BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS factors_user ON factors(tenant, user);
-CREATE TABLE IF NOT EXISTS paths (
-    entry_id INTEGER PRIMARY KEY REFERENCES entries(id) ON DELETE CASCADE, tenant TEXT NOT NULL,
-    user TEXT NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL, vec BLOB);
-CREATE TABLE IF NOT EXISTS builds (
-    tenant TEXT NOT NULL, user TEXT NOT NULL, state TEXT NOT NULL, done INTEGER NOT NULL, total INTEGER NOT NULL,
-    message TEXT, updated_at REAL NOT NULL, PRIMARY KEY (tenant, user));
-"""
+_FEATURE_COLUMNS = ("id", "entry_id", "name", "value", "evidence", "extractor", "factor_id")
 
 
 def _blob(vec: np.ndarray | None) -> bytes | None:
     return None if vec is None else np.asarray(vec, dtype=np.float32).tobytes()
 
 
-def _vec(blob: bytes | None) -> np.ndarray | None:
-    return None if blob is None else np.frombuffer(blob, dtype=np.float32)
+def _vec(blob: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(bytes(blob), dtype=np.float32)
+
+
+def _stack(blobs: list[Any]) -> np.ndarray:
+    return np.stack([_vec(b) for b in blobs])
+
+
+def _feature(row: RowMapping) -> StoredFeature:
+    return StoredFeature(**{name: row[name] for name in _FEATURE_COLUMNS})
 
 
 class RPMStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, database: Database | Path | str, *, migrate: bool = True) -> None:
+        # A path is the embedded convenience for tools, benches and tests: the store then owns that SQLite file.
+        self._owns_db = not isinstance(database, Database)
+        self.db = database if isinstance(database, Database) else Database.sqlite(Path(database))
+        ensure(self.db, SCHEMA, migrate_on_start=migrate)
+        t = TABLES[self.db.dialect]
+        self._entries, self._features, self._factors, self._paths, self._builds = (
+            t.entries, t.features, t.factors, t.paths, t.builds,
+        )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        # A Database handed in belongs to the server's `Databases`, which closes it.
+        if self._owns_db:
+            self.db.close()
 
-    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def _scope(self, table: sa.Table, tenant: str, user: str) -> sa.ColumnElement[bool]:
+        return sa.and_(table.c.tenant == tenant, table.c.user == user)
+
+    def _entry_exists(self, conn: Connection, tenant: str, user: str, entry_id: int) -> bool:
+        """Whether the entry is there, locking it until the transaction ends (PostgreSQL: a delete of it on
+        another replica waits; SQLite: the write transaction already holds the file's write lock)."""
+        e = self._entries
+        found = conn.execute(
+            sa.select(e.c.id).where(e.c.id == entry_id, self._scope(e, tenant, user)).with_for_update(key_share=True)
+        ).first()
+        return found is not None
 
     # -- history -----------------------------------------------------------------------------------
     def add_entries(
         self, tenant: str, user: str, items: list[tuple[str, str, str | None]], source: str
     ) -> list[int]:
-        ids: list[int] = []
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for text, response, task in items:
-                    cur = self._db.execute(
-                        "INSERT INTO entries(tenant,user,input,response,task,source,created_at) VALUES (?,?,?,?,?,?,?)",
-                        (tenant, user, text, response, task, source, now),
-                    )
-                    ids.append(int(cur.lastrowid or 0))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return ids
+        e = self._entries
+        with self.db.write() as conn:
+            return [
+                int(
+                    conn.execute(
+                        sa.insert(e)
+                        .values(tenant=tenant, user=user, input=text, response=response, task=task, source=source,
+                                status="pending", created_at=now)
+                        .returning(e.c.id)
+                    ).scalar_one()
+                )
+                for text, response, task in items
+            ]
 
     def entry_ids(self, tenant: str, user: str, status: str | None = None) -> list[int]:
-        if status is None:
-            rows = self._q("SELECT id FROM entries WHERE tenant=? AND user=? ORDER BY id", (tenant, user))
-        else:
-            rows = self._q(
-                "SELECT id FROM entries WHERE tenant=? AND user=? AND status=? ORDER BY id", (tenant, user, status)
-            )
-        return [int(r["id"]) for r in rows]
+        e = self._entries
+        query = sa.select(e.c.id).where(self._scope(e, tenant, user))
+        if status is not None:
+            query = query.where(e.c.status == status)
+        with self.db.read() as conn:
+            return [int(i) for i in conn.execute(query.order_by(e.c.id)).scalars()]
 
     def entries(
         self, tenant: str, user: str, *, ids: list[int] | None = None, limit: int = 1000, offset: int = 0,
         details: bool = False,
     ) -> list[HistoryEntry]:
+        e = self._entries
+        query = sa.select(e).where(self._scope(e, tenant, user)).order_by(e.c.id)
         if ids is not None:
             if not ids:
                 return []
-            marks = ",".join("?" * len(ids))
-            rows = self._q(
-                f"SELECT * FROM entries WHERE tenant=? AND user=? AND id IN ({marks}) ORDER BY id",
-                (tenant, user, *ids),
-            )
+            query = query.where(e.c.id.in_(ids))
         else:
-            rows = self._q(
-                "SELECT * FROM entries WHERE tenant=? AND user=? ORDER BY id LIMIT ? OFFSET ?",
-                (tenant, user, limit, offset),
-            )
+            query = query.limit(limit).offset(offset)
+        with self.db.read() as conn:
+            rows = conn.execute(query).mappings().all()
         out = [
             HistoryEntry(
                 id=r["id"], input=r["input"], response=r["response"], task=r["task"], source=r["source"],
@@ -123,7 +121,7 @@ class RPMStore:
             for r in rows
         ]
         if details and out:
-            by_id = {e.id: e for e in out}
+            by_id = {entry.id: entry for entry in out}
             for feature in self.features(tenant, user, entry_ids=list(by_id)):
                 by_id[feature.entry_id].features.append(feature)
             for path in self.paths(tenant, user, entry_ids=list(by_id)):
@@ -131,191 +129,227 @@ class RPMStore:
         return out
 
     def count_entries(self, tenant: str, user: str) -> dict[str, int]:
-        rows = self._q(
-            "SELECT status, COUNT(*) AS n FROM entries WHERE tenant=? AND user=? GROUP BY status", (tenant, user)
-        )
-        return {r["status"]: int(r["n"]) for r in rows}
+        e = self._entries
+        query = sa.select(e.c.status, sa.func.count()).where(self._scope(e, tenant, user)).group_by(e.c.status)
+        with self.db.read() as conn:
+            return {status: int(n) for status, n in conn.execute(query)}
 
     def set_status(self, tenant: str, user: str, entry_id: int, status: str, reason: str | None = None) -> None:
-        self._q(
-            "UPDATE entries SET status=?, skip_reason=COALESCE(?, skip_reason) WHERE id=? AND tenant=? AND user=?",
-            (status, reason, entry_id, tenant, user),
-        )
+        e = self._entries
+        with self.db.write() as conn:
+            conn.execute(
+                sa.update(e)
+                .where(e.c.id == entry_id, self._scope(e, tenant, user))
+                .values(status=status, skip_reason=sa.func.coalesce(reason, e.c.skip_reason))
+            )
 
     def set_input_vec(self, tenant: str, user: str, entry_id: int, vec: np.ndarray) -> None:
-        self._q("UPDATE entries SET input_vec=? WHERE id=? AND tenant=? AND user=?", (_blob(vec), entry_id, tenant, user))
+        e = self._entries
+        with self.db.write() as conn:
+            conn.execute(
+                sa.update(e).where(e.c.id == entry_id, self._scope(e, tenant, user)).values(input_vec=_blob(vec))
+            )
 
     def input_vectors(self, tenant: str, user: str, task: str | None = None) -> tuple[list[int], np.ndarray]:
-        sql = "SELECT id, input_vec FROM entries WHERE tenant=? AND user=? AND input_vec IS NOT NULL"
-        args: tuple[Any, ...] = (tenant, user)
+        e = self._entries
+        query = sa.select(e.c.id, e.c.input_vec).where(self._scope(e, tenant, user), e.c.input_vec.is_not(None))
         if task is not None:
-            sql, args = sql + " AND task=?", (*args, task)
-        rows = self._q(sql + " ORDER BY id", args)
+            query = query.where(e.c.task == task)
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(e.c.id)).all()
         if not rows:
             return [], np.zeros((0, 0), dtype=np.float32)
-        return [int(r["id"]) for r in rows], np.stack([_vec(r["input_vec"]) for r in rows])  # type: ignore[misc]
+        return [int(r.id) for r in rows], _stack([r.input_vec for r in rows])
 
     def delete_entry(self, tenant: str, user: str, entry_id: int) -> bool:
-        with self._lock:
-            cur = self._db.execute("DELETE FROM entries WHERE id=? AND tenant=? AND user=?", (entry_id, tenant, user))
-            return cur.rowcount > 0
+        """Delete one entry with its features and reasoning path (explicitly: SQLite does not enforce the
+        schema's ON DELETE CASCADE unless every connection turns foreign keys on)."""
+        e, f, p = self._entries, self._features, self._paths
+        with self.db.write() as conn:
+            if not self._entry_exists(conn, tenant, user, entry_id):
+                return False
+            conn.execute(sa.delete(f).where(f.c.entry_id == entry_id, self._scope(f, tenant, user)))
+            conn.execute(sa.delete(p).where(p.c.entry_id == entry_id, self._scope(p, tenant, user)))
+            result = conn.execute(sa.delete(e).where(e.c.id == entry_id, self._scope(e, tenant, user)))
+            return bool(result.rowcount)
 
     def reset_user(self, tenant: str, user: str) -> None:
         """Drop everything derived (features, factors, paths) and mark the history pending again."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM features WHERE tenant=? AND user=?", (tenant, user))
-            self._db.execute("DELETE FROM factors WHERE tenant=? AND user=?", (tenant, user))
-            self._db.execute("DELETE FROM paths WHERE tenant=? AND user=?", (tenant, user))
-            self._db.execute(
-                "UPDATE entries SET status='pending', skip_reason=NULL WHERE tenant=? AND user=?", (tenant, user)
-            )
-            self._db.execute("COMMIT")
+        e = self._entries
+        with self.db.write() as conn:
+            for table in (self._features, self._factors, self._paths):
+                conn.execute(sa.delete(table).where(self._scope(table, tenant, user)))
+            conn.execute(sa.update(e).where(self._scope(e, tenant, user)).values(status="pending", skip_reason=None))
 
     def forget_user(self, tenant: str, user: str) -> int:
-        with self._lock:
-            self._db.execute("BEGIN")
-            for table in ("features", "factors", "paths", "builds"):
-                self._db.execute(f"DELETE FROM {table} WHERE tenant=? AND user=?", (tenant, user))
-            cur = self._db.execute("DELETE FROM entries WHERE tenant=? AND user=?", (tenant, user))
-            self._db.execute("COMMIT")
-            return cur.rowcount
+        """Everything of the user, in one transaction; returns the number of history entries removed."""
+        with self.db.write() as conn:
+            for table in (self._features, self._factors, self._paths, self._builds):
+                conn.execute(sa.delete(table).where(self._scope(table, tenant, user)))
+            result = conn.execute(sa.delete(self._entries).where(self._scope(self._entries, tenant, user)))
+            return int(result.rowcount)
 
     def users(self, tenant: str) -> list[str]:
-        return [r["user"] for r in self._q("SELECT DISTINCT user FROM entries WHERE tenant=? ORDER BY user", (tenant,))]
+        e = self._entries
+        with self.db.read() as conn:
+            return list(conn.execute(sa.select(e.c.user).where(e.c.tenant == tenant).distinct().order_by(e.c.user))
+                        .scalars())
 
     # -- features ----------------------------------------------------------------------------------
     def add_features(
         self, tenant: str, user: str, entry_id: int, features: list[Feature], extractor: str,
         name_vecs: np.ndarray, feat_vecs: np.ndarray,
     ) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM features WHERE entry_id=? AND tenant=? AND user=?", (entry_id, tenant, user))
-            for f, nv, fv in zip(features, name_vecs, feat_vecs, strict=True):
-                self._db.execute(
-                    "INSERT INTO features(entry_id,tenant,user,name,value,evidence,extractor,name_vec,feat_vec)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    (entry_id, tenant, user, f.name, f.value, f.evidence, extractor, _blob(nv), _blob(fv)),
-                )
-            self._db.execute("COMMIT")
+        """Replace an entry's features; nothing is written when the entry is gone (deleted or forgotten)."""
+        f = self._features
+        rows = [
+            {"entry_id": entry_id, "tenant": tenant, "user": user, "name": feat.name, "value": feat.value,
+             "evidence": feat.evidence, "extractor": extractor, "name_vec": _blob(nv), "feat_vec": _blob(fv)}
+            for feat, nv, fv in zip(features, name_vecs, feat_vecs, strict=True)
+        ]
+        with self.db.write() as conn:
+            if not self._entry_exists(conn, tenant, user, entry_id):
+                return
+            conn.execute(sa.delete(f).where(f.c.entry_id == entry_id, self._scope(f, tenant, user)))
+            if rows:
+                conn.execute(sa.insert(f), rows)
 
     def features(
         self, tenant: str, user: str, *, entry_ids: list[int] | None = None, factor_id: int | None = None
     ) -> list[StoredFeature]:
-        sql = "SELECT id,entry_id,name,value,evidence,extractor,factor_id FROM features WHERE tenant=? AND user=?"
-        args: tuple[Any, ...] = (tenant, user)
+        f = self._features
+        query = sa.select(*(f.c[name] for name in _FEATURE_COLUMNS)).where(self._scope(f, tenant, user))
         if entry_ids is not None:
             if not entry_ids:
                 return []
-            sql += f" AND entry_id IN ({','.join('?' * len(entry_ids))})"
-            args = (*args, *entry_ids)
+            query = query.where(f.c.entry_id.in_(entry_ids))
         if factor_id is not None:
-            sql, args = sql + " AND factor_id=?", (*args, factor_id)
-        return [StoredFeature(**dict(r)) for r in self._q(sql + " ORDER BY entry_id, id", args)]
+            query = query.where(f.c.factor_id == factor_id)
+        with self.db.read() as conn:
+            return [_feature(r) for r in conn.execute(query.order_by(f.c.entry_id, f.c.id)).mappings()]
 
     def feature_vectors(self, tenant: str, user: str) -> tuple[list[StoredFeature], np.ndarray, np.ndarray]:
         """All of a user's features with their name vectors and name+value vectors."""
-        rows = self._q(
-            "SELECT id,entry_id,name,value,evidence,extractor,factor_id,name_vec,feat_vec FROM features"
-            " WHERE tenant=? AND user=? ORDER BY entry_id, id",
-            (tenant, user),
+        f = self._features
+        query = (
+            sa.select(*(f.c[name] for name in _FEATURE_COLUMNS), f.c.name_vec, f.c.feat_vec)
+            .where(self._scope(f, tenant, user))
+            .order_by(f.c.entry_id, f.c.id)
         )
+        with self.db.read() as conn:
+            rows = conn.execute(query).mappings().all()
         if not rows:
             empty = np.zeros((0, 0), dtype=np.float32)
             return [], empty, empty
-        feats = [
-            StoredFeature(
-                id=r["id"], entry_id=r["entry_id"], name=r["name"], value=r["value"], evidence=r["evidence"],
-                extractor=r["extractor"], factor_id=r["factor_id"],
-            )
-            for r in rows
-        ]
-        names = np.stack([_vec(r["name_vec"]) for r in rows])  # type: ignore[misc]
-        values = np.stack([_vec(r["feat_vec"]) for r in rows])  # type: ignore[misc]
-        return feats, names, values
+        names = _stack([r["name_vec"] for r in rows])
+        values = _stack([r["feat_vec"] for r in rows])
+        return [_feature(r) for r in rows], names, values
 
     # -- factors -----------------------------------------------------------------------------------
     def replace_factors(
         self, tenant: str, user: str, factors: list[tuple[str, list[str], FactorStats, np.ndarray, list[int]]]
     ) -> list[int]:
         """Swap in a freshly clustered set of factors; each tuple carries its member feature ids."""
+        fa, f = self._factors, self._features
         ids: list[int] = []
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM factors WHERE tenant=? AND user=?", (tenant, user))
-            self._db.execute("UPDATE features SET factor_id=NULL WHERE tenant=? AND user=?", (tenant, user))
+        with self.db.write() as conn:
+            conn.execute(sa.delete(fa).where(self._scope(fa, tenant, user)))
+            conn.execute(sa.update(f).where(self._scope(f, tenant, user)).values(factor_id=None))
             for name, members, stats, centroid, feature_ids in factors:
-                cur = self._db.execute(
-                    "INSERT INTO factors(tenant,user,name,members,stats,centroid) VALUES (?,?,?,?,?,?)",
-                    (tenant, user, name, json.dumps(members), stats.model_dump_json(), _blob(centroid)),
+                fid = int(
+                    conn.execute(
+                        sa.insert(fa)
+                        .values(tenant=tenant, user=user, name=name, members=json.dumps(members),
+                                stats=stats.model_dump_json(), centroid=_blob(centroid))
+                        .returning(fa.c.id)
+                    ).scalar_one()
                 )
-                fid = int(cur.lastrowid or 0)
                 ids.append(fid)
-                self._db.executemany(
-                    "UPDATE features SET factor_id=? WHERE id=? AND tenant=? AND user=?",
-                    [(fid, i, tenant, user) for i in feature_ids],
-                )
-            self._db.execute("COMMIT")
+                if feature_ids:
+                    conn.execute(
+                        sa.update(f).where(f.c.id.in_(feature_ids), self._scope(f, tenant, user)).values(factor_id=fid)
+                    )
         return ids
 
     def factors(self, tenant: str, user: str) -> list[Factor]:
-        rows = self._q("SELECT id,name,members,stats FROM factors WHERE tenant=? AND user=? ORDER BY id", (tenant, user))
+        fa = self._factors
+        query = sa.select(fa.c.id, fa.c.name, fa.c.members, fa.c.stats).where(self._scope(fa, tenant, user))
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(fa.c.id)).all()
         return [
-            Factor(id=r["id"], name=r["name"], members=json.loads(r["members"]),
-                   stats=FactorStats.model_validate_json(r["stats"]))
+            Factor(id=r.id, name=r.name, members=json.loads(r.members), stats=FactorStats.model_validate_json(r.stats))
             for r in rows
         ]
 
     def factor_centroids(self, tenant: str, user: str) -> tuple[list[int], np.ndarray]:
-        rows = self._q("SELECT id, centroid FROM factors WHERE tenant=? AND user=? ORDER BY id", (tenant, user))
+        fa = self._factors
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(fa.c.id, fa.c.centroid).where(self._scope(fa, tenant, user)).order_by(fa.c.id)
+            ).all()
         if not rows:
             return [], np.zeros((0, 0), dtype=np.float32)
-        return [int(r["id"]) for r in rows], np.stack([_vec(r["centroid"]) for r in rows])  # type: ignore[misc]
+        return [int(r.id) for r in rows], _stack([r.centroid for r in rows])
 
     def delete_factor(self, tenant: str, user: str, factor_id: int) -> bool:
-        with self._lock:
-            self._db.execute(
-                "UPDATE features SET factor_id=NULL WHERE factor_id=? AND tenant=? AND user=?", (factor_id, tenant, user)
+        fa, f = self._factors, self._features
+        with self.db.write() as conn:
+            conn.execute(
+                sa.update(f).where(f.c.factor_id == factor_id, self._scope(f, tenant, user)).values(factor_id=None)
             )
-            cur = self._db.execute("DELETE FROM factors WHERE id=? AND tenant=? AND user=?", (factor_id, tenant, user))
-            return cur.rowcount > 0
+            result = conn.execute(sa.delete(fa).where(fa.c.id == factor_id, self._scope(fa, tenant, user)))
+            return bool(result.rowcount)
 
     # -- reasoning paths ---------------------------------------------------------------------------
     def set_path(self, tenant: str, user: str, entry_id: int, text: str, source: str, vec: np.ndarray | None) -> None:
-        self._q(
-            "INSERT OR REPLACE INTO paths(entry_id,tenant,user,text,source,vec) VALUES (?,?,?,?,?,?)",
-            (entry_id, tenant, user, text, source, _blob(vec)),
-        )
+        """Write (or replace) an entry's reasoning path; nothing is written when the entry is gone."""
+        p = self._paths
+        values = {"entry_id": entry_id, "tenant": tenant, "user": user, "text": text, "source": source,
+                  "vec": _blob(vec)}
+        with self.db.write() as conn:
+            if not self._entry_exists(conn, tenant, user, entry_id):
+                return
+            stmt = self.db.insert(p).values(**values)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[p.c.entry_id],
+                set_={name: stmt.excluded[name] for name in ("tenant", "user", "text", "source", "vec")},
+            ))
 
     def paths(self, tenant: str, user: str, *, entry_ids: list[int] | None = None) -> list[ReasoningPath]:
-        sql, args = "SELECT entry_id,text,source FROM paths WHERE tenant=? AND user=?", (tenant, user)
+        p = self._paths
+        query = sa.select(p.c.entry_id, p.c.text, p.c.source).where(self._scope(p, tenant, user))
         if entry_ids is not None:
             if not entry_ids:
                 return []
-            sql += f" AND entry_id IN ({','.join('?' * len(entry_ids))})"
-            args = (*args, *entry_ids)  # type: ignore[assignment]
-        return [ReasoningPath(**dict(r)) for r in self._q(sql + " ORDER BY entry_id", args)]
+            query = query.where(p.c.entry_id.in_(entry_ids))
+        with self.db.read() as conn:
+            return [ReasoningPath(**dict(r)) for r in conn.execute(query.order_by(p.c.entry_id)).mappings()]
 
     def delete_path(self, tenant: str, user: str, entry_id: int) -> bool:
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM paths WHERE entry_id=? AND tenant=? AND user=?", (entry_id, tenant, user)
+        p, e = self._paths, self._entries
+        with self.db.write() as conn:
+            result = conn.execute(sa.delete(p).where(p.c.entry_id == entry_id, self._scope(p, tenant, user)))
+            if not result.rowcount:
+                return False
+            # The entry needs a new path on the next build.
+            conn.execute(
+                sa.update(e)
+                .where(e.c.id == entry_id, self._scope(e, tenant, user), e.c.status == "done")
+                .values(status="extracted")
             )
-            if cur.rowcount:
-                # The entry needs a new path on the next build.
-                self._db.execute(
-                    "UPDATE entries SET status='extracted' WHERE id=? AND status='done'", (entry_id,)
-                )
-            return cur.rowcount > 0
+            return True
 
     # -- build progress ----------------------------------------------------------------------------
     def set_build(self, tenant: str, user: str, state: str, done: int, total: int, message: str | None = None) -> None:
-        self._q(
-            "INSERT OR REPLACE INTO builds(tenant,user,state,done,total,message,updated_at) VALUES (?,?,?,?,?,?,?)",
-            (tenant, user, state, done, total, message, time.time()),
-        )
+        b = self._builds
+        values = {"state": state, "done": done, "total": total, "message": message, "updated_at": time.time()}
+        stmt = self.db.insert(b).values(tenant=tenant, user=user, **values)
+        with self.db.write() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[b.c.tenant, b.c.user], set_=values))
 
     def build(self, tenant: str, user: str) -> dict[str, Any] | None:
-        rows = self._q("SELECT state,done,total,message,updated_at FROM builds WHERE tenant=? AND user=?", (tenant, user))
-        return dict(rows[0]) if rows else None
+        b = self._builds
+        query = sa.select(b.c.state, b.c.done, b.c.total, b.c.message, b.c.updated_at).where(self._scope(b, tenant, user))
+        with self.db.read() as conn:
+            row = conn.execute(query).mappings().first()
+        return dict(row) if row is not None else None

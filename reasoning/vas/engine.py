@@ -73,9 +73,10 @@ class Plan:
 
 
 class VASEngine:
-    def __init__(self, settings: VASSettings, data_dir: Path) -> None:
+    def __init__(self, settings: VASSettings, data_dir: Path, store: ProfileStore | None = None) -> None:
         self.settings = settings
-        self.store = ProfileStore(data_dir / settings.store_file)
+        # The server hands in the store on its databases; tools and tests get the data dir's file.
+        self.store = store if store is not None else ProfileStore(data_dir / settings.store_file)
         self.backends: dict[str, ValueBackend] = {}
         self.tokenizers: dict[str, Any] = {}
         self.template_tokenizer: Any = None

@@ -1,23 +1,21 @@
-"""Per-user value-model weights (the VAS part of a user's profile), scoped by (tenant, user), in SQLite."""
+"""Per-user value-model weights (the VAS part of a user's profile), scoped by (tenant, user), on a `Database`:
+the embedded SQLite file or the PostgreSQL database replicas share (table and migrations: store_schema.py).
+
+Blocking calls; the proxy runs them off the event loop. Each call is one transaction, so a profile put on
+one replica is what the next request reads on any other.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vas_profiles (
-    tenant TEXT NOT NULL,
-    user TEXT NOT NULL,
-    weights TEXT NOT NULL,
-    beta REAL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (tenant, user)
-);
-"""
+import sqlalchemy as sa
+
+from rapport.core.database import Database
+from rapport.core.migrations import ensure
+from reasoning.vas.store_schema import SCHEMA, vas_profiles
 
 
 class Profile:
@@ -29,42 +27,40 @@ class Profile:
         self.updated_at = updated_at
 
 
-class ProfileStore:
-    """Blocking calls; the proxy runs them off the event loop."""
+def _scope(tenant: str, user: str) -> sa.ColumnElement[bool]:
+    return sa.and_(vas_profiles.c.tenant == tenant, vas_profiles.c.user == user)
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+
+class ProfileStore:
+    def __init__(self, database: Database | Path | str, *, migrate: bool = True) -> None:
+        # A path is the embedded convenience for tools and tests: the store then owns that SQLite file.
+        self._owns_db = not isinstance(database, Database)
+        self.db = database if isinstance(database, Database) else Database.sqlite(Path(database))
+        ensure(self.db, SCHEMA, migrate_on_start=migrate)
 
     def get(self, tenant: str, user: str) -> Profile | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT weights, beta, updated_at FROM vas_profiles WHERE tenant = ? AND user = ?", (tenant, user)
-            ).fetchone()
+        t = vas_profiles
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(t.c.weights, t.c.beta, t.c.updated_at).where(_scope(tenant, user))).first()
         if row is None:
             return None
-        return Profile({k: float(v) for k, v in json.loads(row[0]).items()}, row[1], row[2])
+        return Profile({k: float(v) for k, v in json.loads(row.weights).items()}, row.beta, row.updated_at)
 
     def put(self, tenant: str, user: str, weights: dict[str, float], beta: float | None) -> Profile:
         now = time.time()
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO vas_profiles (tenant, user, weights, beta, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant, user) DO UPDATE SET weights = excluded.weights, beta = excluded.beta, "
-                "updated_at = excluded.updated_at",
-                (tenant, user, json.dumps(weights), beta, now),
-            )
+        values = {"weights": json.dumps(weights), "beta": beta, "updated_at": now}
+        stmt = self.db.insert(vas_profiles).values(tenant=tenant, user=user, **values)
+        with self.db.write() as conn:
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[vas_profiles.c.tenant, vas_profiles.c.user], set_=values
+            ))
         return Profile(dict(weights), beta, now)
 
     def delete(self, tenant: str, user: str) -> int:
-        with self._lock:
-            cur = self._conn.execute("DELETE FROM vas_profiles WHERE tenant = ? AND user = ?", (tenant, user))
-        return cur.rowcount
+        with self.db.write() as conn:
+            return int(conn.execute(sa.delete(vas_profiles).where(_scope(tenant, user))).rowcount)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        # A Database handed in belongs to the server's `Databases`, which closes it.
+        if self._owns_db:
+            self.db.close()

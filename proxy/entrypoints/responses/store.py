@@ -2,22 +2,31 @@
 
 Rapport owns the ids and the conversation state, scoped by (tenant, user): the same id asked for by another
 tenant or user does not exist for them. Rows older than the retention are not returned and are purged as new
-ones are written. Behind `ResponseStore` so that the shared-state backend can replace the embedded SQLite.
+ones are written. `ResponseStore` is what the serving needs; `SqlResponseStore` keeps them on a `Database`
+(the embedded `responses.sqlite3`, or the PostgreSQL database replicas share: a response stored through one
+replica continues through any other). Table and migrations: store_schema.py.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+
+from proxy.entrypoints.responses.store_schema import SCHEMA, responses
+from rapport.core.database import Database
+from rapport.core.migrations import ensure
 
 # Anonymous requests (no user named) keep their responses under this user key, per tenant.
 ANONYMOUS = ""
+# Expired rows deleted per save: retention is enforced as rows are written, in small steps, so no sweep
+# holds a lock for long.
+PURGE_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,70 +55,71 @@ class ResponseStore(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteResponseStore:
-    def __init__(self, path: Path, retention_s: float) -> None:
+class SqlResponseStore:
+    """Blocking calls, one transaction each; the serving runs them off the event loop."""
+
+    def __init__(self, database: Database | Path | str, retention_s: float, *, migrate: bool = True) -> None:
+        # A path is the embedded convenience for tools and tests: the store then owns that SQLite file.
+        self._owns_db = not isinstance(database, Database)
+        self.db = database if isinstance(database, Database) else Database.sqlite(Path(database))
         self._retention_s = retention_s
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (id TEXT NOT NULL, tenant TEXT NOT NULL, user TEXT NOT NULL,"
-            " created_at REAL NOT NULL, response BLOB NOT NULL, history BLOB NOT NULL,"
-            " PRIMARY KEY (tenant, user, id))"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at)")
+        ensure(self.db, SCHEMA, migrate_on_start=migrate)
 
     def _cutoff(self) -> float:
         return time.time() - self._retention_s
 
+    @staticmethod
+    def _scope(tenant: str, user: str) -> sa.ColumnElement[bool]:
+        return sa.and_(responses.c.tenant == tenant, responses.c.user == user)
+
     def save(self, stored: StoredResponse) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (id, tenant, user, created_at, response, history)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (stored.id, stored.tenant, stored.user, stored.created_at, orjson.dumps(stored.response), orjson.dumps(stored.history)),
-            )
-            # Retention is enforced as rows are written, in small steps, so no sweep ever holds the lock long.
-            self._db.execute(
-                "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses WHERE created_at < ? LIMIT 100)",
-                (self._cutoff(),),
-            )
+        t = responses
+        values = {"created_at": stored.created_at, "response": orjson.dumps(stored.response),
+                  "history": orjson.dumps(stored.history)}
+        stmt = self.db.insert(t).values(id=stored.id, tenant=stored.tenant, user=stored.user, **values)
+        expired = (
+            sa.select(t.c.tenant, t.c.user, t.c.id)
+            .where(t.c.created_at < self._cutoff())
+            .limit(PURGE_BATCH)
+            # PostgreSQL: replicas purging at once take different rows instead of waiting on each other.
+            .with_for_update(skip_locked=True)
+        )
+        with self.db.write() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.tenant, t.c.user, t.c.id], set_=values))
+            conn.execute(sa.delete(t).where(sa.tuple_(t.c.tenant, t.c.user, t.c.id).in_(expired)))
 
     def get(self, tenant: str, user: str, response_id: str) -> StoredResponse | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, tenant, user, created_at, response, history FROM responses"
-                " WHERE tenant = ? AND user = ? AND id = ? AND created_at >= ?",
-                (tenant, user, response_id, self._cutoff()),
-            ).fetchone()
-        return _row(row) if row else None
+        t = responses
+        query = sa.select(t).where(self._scope(tenant, user), t.c.id == response_id, t.c.created_at >= self._cutoff())
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        return _row(row) if row is not None else None
 
     def delete(self, tenant: str, user: str, response_id: str) -> bool:
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM responses WHERE tenant = ? AND user = ? AND id = ?", (tenant, user, response_id)
-            )
-        return cur.rowcount > 0
+        t = responses
+        with self.db.write() as conn:
+            return bool(conn.execute(sa.delete(t).where(self._scope(tenant, user), t.c.id == response_id)).rowcount)
 
     def forget_user(self, tenant: str, user: str) -> int:
-        with self._lock:
-            cur = self._db.execute("DELETE FROM responses WHERE tenant = ? AND user = ?", (tenant, user))
-        return cur.rowcount
+        with self.db.write() as conn:
+            return int(conn.execute(sa.delete(responses).where(self._scope(tenant, user))).rowcount)
 
     def export_user(self, tenant: str, user: str) -> list[StoredResponse]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, tenant, user, created_at, response, history FROM responses"
-                " WHERE tenant = ? AND user = ? AND created_at >= ? ORDER BY created_at",
-                (tenant, user, self._cutoff()),
-            ).fetchall()
-        return [_row(r) for r in rows]
+        t = responses
+        query = (
+            sa.select(t)
+            .where(self._scope(tenant, user), t.c.created_at >= self._cutoff())
+            .order_by(t.c.created_at)
+        )
+        with self.db.read() as conn:
+            return [_row(r) for r in conn.execute(query)]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        # A Database handed in belongs to the server's `Databases`, which closes it.
+        if self._owns_db:
+            self.db.close()
 
 
-def _row(row: tuple[Any, ...]) -> StoredResponse:
-    return StoredResponse(row[0], row[1], row[2], row[3], orjson.loads(row[4]), orjson.loads(row[5]))
+def _row(row: Row[Any]) -> StoredResponse:
+    return StoredResponse(row.id, row.tenant, row.user, row.created_at, orjson.loads(row.response),
+                          orjson.loads(row.history))
