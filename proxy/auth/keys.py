@@ -48,6 +48,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def static_key_id(digest: str) -> str:
+    """The id of a config key: a prefix of its hash (safe to show: a hash of a 256-bit token)."""
+    return f"static-{digest[:12]}"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     key_id: str
@@ -97,7 +102,9 @@ class KeyStore:
         for i, static in enumerate(auth.static_keys):
             digest = hash_key(static.key.get_secret_value())
             self._static[digest] = ApiKey(
-                key_id=f"static-{i}",
+                # Named by the key's hash, not its place in the list: replicas sharing limits (Redis buckets
+                # are per key id) must give one key one id whatever order their configs list keys in.
+                key_id=static_key_id(digest),
                 name=f"config key {i}",
                 tenant=static.tenant,
                 user=static.user,

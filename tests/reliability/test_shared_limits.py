@@ -22,6 +22,7 @@ import pytest
 
 from bench.soak import API_KEY as SOAK_KEY
 from bench.soak import RapportProcess, write_config
+from proxy.auth.keys import hash_key, static_key_id
 from proxy.ratelimit import DEGRADED
 from tests.support.helpers import wait_until
 from tests.support.redis import RedisServer
@@ -29,7 +30,11 @@ from tests.support.upstream import Reply, ScriptedUpstream
 
 MSG = [{"role": "user", "content": "hello"}]
 USER = "alice"
-SLOTS = "rapport:limits:streams:static-0"
+
+
+def slots(key: str) -> str:
+    """The Redis set of a config key's stream slots."""
+    return f"rapport:limits:streams:{static_key_id(hash_key(key))}"
 
 
 def _chat(h: Any, *, stream: bool = False, key: str | None = None) -> httpx.Response:
@@ -91,7 +96,7 @@ def test_stream_slot_of_a_killed_replica_frees_after_the_ttl(
     config = write_config(tmp_path / "killed", scripted_upstream.base_url, limits=limits)
     dying = RapportProcess(config, tmp_path / "killed.log").start()
     try:
-        # Same key (static-0) on the in-process replica as on the subprocess.
+        # Same key (same id) on the in-process replica as on the subprocess.
         other = make_rapport(limits=limits, auth={"static_keys": [{"key": SOAK_KEY, "tenant": "soak"}]})
         hanging = Reply(kind="slow_stream", chunks=["held ", "open ", "x"], cut_after=2)
         scripted_upstream.script(hanging, hanging)
@@ -106,7 +111,7 @@ def test_stream_slot_of_a_killed_replica_frees_after_the_ttl(
         dying.kill()  # SIGKILL mid-stream: nothing releases its slot
         held.close()
         with redis_server.client() as r:
-            assert r.zcard(SLOTS) == 2, "the dead replica's slot is still there until it expires"
+            assert r.zcard(slots(SOAK_KEY)) == 2, "the dead replica's slot is still there until it expires"
 
         # Within the TTL (nobody renews it) the dead slot is pruned and a new stream on the survivor admitted.
         def admitted_stream() -> httpx.Response | None:
@@ -134,10 +139,10 @@ def test_a_live_stream_keeps_its_slot_past_the_ttl_and_gives_it_back_when_it_end
     held = _sdk(a.base_url, a.api_key).chat.completions.create(model="test-model", messages=MSG, user=USER, stream=True)
     assert next(iter(held)).choices
     with redis_server.client() as r:
-        (first_expiry,) = [score for _, score in r.zrange(SLOTS, 0, -1, withscores=True)]
+        (first_expiry,) = [score for _, score in r.zrange(slots(a.api_key), 0, -1, withscores=True)]
 
         def renewed_past_ttls() -> bool:
-            scores = [score for _, score in r.zrange(SLOTS, 0, -1, withscores=True)]
+            scores = [score for _, score in r.zrange(slots(a.api_key), 0, -1, withscores=True)]
             # Renewed so often that the slot outlives three of its first TTLs.
             return len(scores) == 1 and scores[0] > first_expiry + 3 * ttl * 1000
 
@@ -145,13 +150,13 @@ def test_a_live_stream_keeps_its_slot_past_the_ttl_and_gives_it_back_when_it_end
         refused = _chat(b, stream=True)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrent_streams_exceeded"
         held.close()  # the client goes away mid-stream
-        wait_until(lambda: r.zcard(SLOTS) == 0, within=10)
+        wait_until(lambda: r.zcard(slots(a.api_key)) == 0, within=10)
         assert a.services.limiter.held_streams() == 0
         assert _chat(b, stream=True).status_code == 200
         # A stream that fails mid-way gives its slot back too.
         scripted_upstream.script(Reply(kind="cut_stream", chunks=["a", "b", "c"], cut_after=1))
         assert "error" in _chat(a, stream=True).text
-        wait_until(lambda: r.zcard(SLOTS) == 0 and not a.services.limiter.held_streams(), within=10)
+        wait_until(lambda: r.zcard(slots(a.api_key)) == 0 and not a.services.limiter.held_streams(), within=10)
         assert _chat(b, stream=True).status_code == 200
 
 
