@@ -26,8 +26,8 @@ from memory.jobs import JobQueue
 from memory.llm import ChatLLM
 from memory.redact import Redactor, regex_redactor
 from memory.retrieval import mmr, score
-from memory.staging import StagedStore
-from memory.store import ChromaStore, Hit, MemoryStore
+from memory.store import Hit, MemoryStore
+from memory.stores.choose import open_store
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
 from memory.writer import IngestWriter
 from rapport.core.database import Database
@@ -95,34 +95,18 @@ class MemoryService:
         store: MemoryStore | None = None,
         redactor: Redactor | None = None,
         catalog_db: Database | None = None,
+        shared_db: Database | None = None,
         migrate: bool = True,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
         self.jobs = jobs
         root = data_dir / "memory"
+        # With a shared database (`shared_db`, from `database_url`) nothing of memory is kept in the data dir:
+        # vectors in pgvector (or a Chroma server), no staging journal. See memory/stores/choose.py.
         if store is None:
-            if settings.store == "server":
-                store = ChromaStore(
-                    host=settings.chroma.host,
-                    port=settings.chroma.port,
-                    ssl=settings.chroma.ssl,
-                    headers=settings.chroma.headers,
-                    layout=settings.collection_layout,
-                    prefix=settings.collection_prefix,
-                )
-            else:
-                store = ChromaStore(
-                    path=root / "chroma", layout=settings.collection_layout, prefix=settings.collection_prefix
-                )
-            if settings.staged_writes:
-                store = StagedStore(
-                    store,
-                    root / "journal.sqlite3",
-                    max_staged=settings.staged_max_items,
-                    linger_s=settings.staged_linger_ms / 1000.0,
-                    sole_writer=settings.store == "embedded",
-                )
+            dim = embedder.dim if shared_db is not None and settings.store == "embedded" else None
+            store = open_store(settings, root, shared_db=shared_db, dim=dim, migrate=migrate)
         self.store: MemoryStore = store
         # The catalog's database comes from the builder (shared PostgreSQL, or the embedded file of the
         # `memory/catalog` store); without one, the service opens today's file under the data dir itself.

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -25,13 +26,14 @@ from proxy.entrypoints.responses.api_router import router as responses_router
 from proxy.entrypoints.responses.serving import ResponsesServing
 from proxy.entrypoints.responses.store import SqlResponseStore
 from proxy.entrypoints.responses.store_schema import STORE as RESPONSES_STORE
-from proxy.errors import InvalidRequest, NotFound, RapportError
+from proxy.errors import InvalidRequest, NotFound, RapportError, ServiceUnavailable
 from proxy.looplag import LoopLagMonitor
 from proxy.middleware import BodyLimitMiddleware, MetricsMiddleware
 from proxy.plugins import DEFAULT_PLUGINS, load_plugins
 from proxy.ratelimit import DegradedLimitsHeader
 from proxy.services import Services
 from proxy.settings import RapportSettings
+from rapport.core.database import DatabaseUnavailable
 
 log = logging.getLogger("rapport")
 
@@ -67,6 +69,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return _error_response(error)
+
+    # A database that cannot be reached (PostgreSQL down, its pool exhausted): the write was not done, so the
+    # client is told to retry (503), never an internal error; the replica recovers once the database is back.
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+        return _error_response(
+            ServiceUnavailable("The database is unavailable; retry later.", code="database_unavailable")
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -34,5 +34,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Exchanges answered but not recorded because a stage's store was down (while retrieving, with
+        # degrade_on_store_failure, or when recording after the response): dropped, never buffered on the
+        # replica, so an operator sees how many were lost.
+        self.recordings_lost = Counter(
+            "rapport_recordings_lost",
+            "Answered exchanges that could not be recorded (store unavailable) and were dropped",
+            ["stage"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from proxy.services import Services
 
 log = logging.getLogger("rapport.memory")
+# The name under which the memory vectors ask `Databases` for their database (shared state only).
+VECTOR_STORE = "memory/vectors"
 
 
 def parse_options(value: Any) -> MemoryOptions:
@@ -66,6 +68,9 @@ class MemoryStage:
             messages, retrieval = await self.service.compose(ctx.tenant, ctx.user, ctx.body["messages"], options)
         except Exception as exc:
             if self._services.settings.degrade_on_store_failure:
+                if options.store and ctx.options.record:
+                    # Served without memory: the stage did not run, so this exchange will not be recorded either.
+                    self._services.metrics.recordings_lost.labels(self.name).inc()
                 raise
             raise ServiceUnavailable(f"Memory store unavailable: {exc.__class__.__name__}") from exc
         ctx.body["messages"] = messages
@@ -77,15 +82,26 @@ class MemoryStage:
         if ctx.user is None or not options.store or not ctx.options.record:
             return
         messages = exchange.messages or ctx.original_messages
-        await self.service.record_exchange(
-            ctx.tenant,
-            ctx.user,
-            messages,
-            exchange.response_text,
-            conversation_id=ctx.options.conversation_id,
-            model=exchange.model or ctx.model,
-            task=ctx.state.get("memory.task"),
-        )
+        try:
+            await self.service.record_exchange(
+                ctx.tenant,
+                ctx.user,
+                messages,
+                exchange.response_text,
+                conversation_id=ctx.options.conversation_id,
+                model=exchange.model or ctx.model,
+                task=ctx.state.get("memory.task"),
+            )
+        except Exception as exc:
+            # The response has gone: the exchange is lost, not buffered on this replica's disk or in memory
+            # for later (a replica's buffer is invisible to the others and dies with it). Counted and logged.
+            self._services.metrics.recordings_lost.labels(self.name).inc()
+            log.warning(
+                "memory: an exchange of request %s could not be recorded and is lost (%s: %s)",
+                ctx.request_id,
+                exc.__class__.__name__,
+                str(exc)[:200],
+            )
 
 
 class MemoryPlugin:
@@ -131,6 +147,16 @@ class MemoryPlugin:
             ok = await asyncio.to_thread(self.service.store.heartbeat)
             if not ok:
                 return False, "memory store unreachable"
+        databases = self._services.databases
+        if databases is not None and databases.shared:
+            # The catalog and the job queue live there whatever holds the vectors (a Chroma server may be up
+            # while PostgreSQL is down). A pool connection is checked out with a ping, so once the server is
+            # back the next check succeeds: no restart.
+            db = databases.for_store(VECTOR_STORE)
+            try:
+                await db.run(db.ping)
+            except Exception as exc:
+                return False, f"database unreachable ({exc.__class__.__name__})"
         return True, "ok"
 
 
@@ -179,6 +205,8 @@ def build(services: Services) -> Plugin | None:
             jobs=services.jobs,
             llm_factory=lambda: services.utility_llm(settings.summary_model),
             catalog_db=services.databases.for_store(CATALOG_STORE),
+            # database_url set: vectors in pgvector on the shared database, nothing of memory in the data dir.
+            shared_db=services.databases.for_store(VECTOR_STORE) if services.databases.shared else None,
             migrate=services.settings.database.migrate_on_start,
         )
     plugin: Any = MemoryPlugin(services, service)

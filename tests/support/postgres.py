@@ -7,6 +7,7 @@ the data dir's parent folders to it. scripts/bootstrap.sh creates that user up f
 
 from __future__ import annotations
 
+import importlib
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -47,6 +48,20 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         with self._admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """The server down for the block (a fast shutdown: open sessions are cut, as in a crash or failover),
+        then started again on the same socket and data, so URLs given out before keep working."""
+        # pgserver makes its command wrappers at import (not visible to type checkers).
+        pg_ctl: Any = vars(importlib.import_module("pgserver._commands"))["pg_ctl"]
+        self._admin.dispose()
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+        try:
+            yield
+        finally:
+            with self._server._lock:
+                self._server.ensure_postgres_running()
 
     def stop(self) -> None:
         self._admin.dispose()
