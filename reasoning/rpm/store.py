@@ -4,9 +4,11 @@ Every row is scoped by (tenant, user); vectors are float32 blobs. Tables and mig
 The methods are blocking; the engine and the admin API call them through `asyncio.to_thread`.
 
 Each method is one transaction, so a replica reads what another committed, and a forget (history, features,
-factors, paths and build progress) is one transaction on every backend. Rows derived from an entry (features,
-a reasoning path) are written only while the entry exists, checked under a lock on it in the same transaction:
-a build that races a forget or an entry's delete, on any replica, writes nothing instead of leaving orphans.
+factors, paths and build progress) is one transaction on every backend. Rows derived from a user's history
+(an entry's features or reasoning path; the user's factors and build progress) are written only while that
+history exists, checked under a lock in the same transaction; a forget or an entry's delete removes the
+entries first, so it waits for such a write to commit and then removes what it wrote. A build that races a
+forget, on any replica, leaves nothing of the user behind.
 """
 
 from __future__ import annotations
@@ -63,14 +65,15 @@ class RPMStore:
     def _scope(self, table: sa.Table, tenant: str, user: str) -> sa.ColumnElement[bool]:
         return sa.and_(table.c.tenant == tenant, table.c.user == user)
 
-    def _entry_exists(self, conn: Connection, tenant: str, user: str, entry_id: int) -> bool:
-        """Whether the entry is there, locking it until the transaction ends (PostgreSQL: a delete of it on
-        another replica waits; SQLite: the write transaction already holds the file's write lock)."""
+    def _has_history(self, conn: Connection, tenant: str, user: str, entry_id: int | None = None) -> bool:
+        """Whether the entry (or any entry of the user) is there, locking the row found until the transaction
+        ends (PostgreSQL: a delete of it on another replica waits for this transaction; SQLite: the write
+        transaction already holds the file's only write lock)."""
         e = self._entries
-        found = conn.execute(
-            sa.select(e.c.id).where(e.c.id == entry_id, self._scope(e, tenant, user)).with_for_update(key_share=True)
-        ).first()
-        return found is not None
+        query = sa.select(e.c.id).where(self._scope(e, tenant, user))
+        if entry_id is not None:
+            query = query.where(e.c.id == entry_id)
+        return conn.execute(query.limit(1).with_for_update(key_share=True)).first() is not None
 
     # -- history -----------------------------------------------------------------------------------
     def add_entries(
@@ -166,12 +169,12 @@ class RPMStore:
         schema's ON DELETE CASCADE unless every connection turns foreign keys on)."""
         e, f, p = self._entries, self._features, self._paths
         with self.db.write() as conn:
-            if not self._entry_exists(conn, tenant, user, entry_id):
+            # The entry first: a feature or path write holding it commits before this goes on.
+            if not conn.execute(sa.delete(e).where(e.c.id == entry_id, self._scope(e, tenant, user))).rowcount:
                 return False
             conn.execute(sa.delete(f).where(f.c.entry_id == entry_id, self._scope(f, tenant, user)))
             conn.execute(sa.delete(p).where(p.c.entry_id == entry_id, self._scope(p, tenant, user)))
-            result = conn.execute(sa.delete(e).where(e.c.id == entry_id, self._scope(e, tenant, user)))
-            return bool(result.rowcount)
+            return True
 
     def reset_user(self, tenant: str, user: str) -> None:
         """Drop everything derived (features, factors, paths) and mark the history pending again."""
@@ -184,10 +187,11 @@ class RPMStore:
     def forget_user(self, tenant: str, user: str) -> int:
         """Everything of the user, in one transaction; returns the number of history entries removed."""
         with self.db.write() as conn:
+            # The entries first: a derived write holding one of them commits before the rest is deleted.
+            removed = int(conn.execute(sa.delete(self._entries).where(self._scope(self._entries, tenant, user))).rowcount)
             for table in (self._features, self._factors, self._paths, self._builds):
                 conn.execute(sa.delete(table).where(self._scope(table, tenant, user)))
-            result = conn.execute(sa.delete(self._entries).where(self._scope(self._entries, tenant, user)))
-            return int(result.rowcount)
+            return removed
 
     def users(self, tenant: str) -> list[str]:
         e = self._entries
@@ -208,7 +212,7 @@ class RPMStore:
             for feat, nv, fv in zip(features, name_vecs, feat_vecs, strict=True)
         ]
         with self.db.write() as conn:
-            if not self._entry_exists(conn, tenant, user, entry_id):
+            if not self._has_history(conn, tenant, user, entry_id):
                 return
             conn.execute(sa.delete(f).where(f.c.entry_id == entry_id, self._scope(f, tenant, user)))
             if rows:
@@ -249,12 +253,15 @@ class RPMStore:
     def replace_factors(
         self, tenant: str, user: str, factors: list[tuple[str, list[str], FactorStats, np.ndarray, list[int]]]
     ) -> list[int]:
-        """Swap in a freshly clustered set of factors; each tuple carries its member feature ids."""
+        """Swap in a freshly clustered set of factors; each tuple carries its member feature ids. A user
+        without history (forgotten meanwhile) gets none."""
         fa, f = self._factors, self._features
         ids: list[int] = []
         with self.db.write() as conn:
             conn.execute(sa.delete(fa).where(self._scope(fa, tenant, user)))
             conn.execute(sa.update(f).where(self._scope(f, tenant, user)).values(factor_id=None))
+            if not self._has_history(conn, tenant, user):
+                return ids
             for name, members, stats, centroid, feature_ids in factors:
                 fid = int(
                     conn.execute(
@@ -307,7 +314,7 @@ class RPMStore:
         values = {"entry_id": entry_id, "tenant": tenant, "user": user, "text": text, "source": source,
                   "vec": _blob(vec)}
         with self.db.write() as conn:
-            if not self._entry_exists(conn, tenant, user, entry_id):
+            if not self._has_history(conn, tenant, user, entry_id):
                 return
             stmt = self.db.insert(p).values(**values)
             conn.execute(stmt.on_conflict_do_update(
@@ -341,10 +348,13 @@ class RPMStore:
 
     # -- build progress ----------------------------------------------------------------------------
     def set_build(self, tenant: str, user: str, state: str, done: int, total: int, message: str | None = None) -> None:
+        """Record a user's build progress; not for a user without history (forgotten while the build ran)."""
         b = self._builds
         values = {"state": state, "done": done, "total": total, "message": message, "updated_at": time.time()}
         stmt = self.db.insert(b).values(tenant=tenant, user=user, **values)
         with self.db.write() as conn:
+            if not self._has_history(conn, tenant, user):
+                return
             conn.execute(stmt.on_conflict_do_update(index_elements=[b.c.tenant, b.c.user], set_=values))
 
     def build(self, tenant: str, user: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ one database (written on A, read and forgotten on B), and data dir files written
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -125,7 +126,39 @@ def test_rpm_rows_derived_from_a_deleted_entry_are_not_written(storage: Backend)
     store.set_path("t", "alice", entry_id, "late", "llm", vec(1.0))
     store.set_input_vec("t", "alice", entry_id, vec(1.0))
     store.set_status("t", "alice", entry_id, "done")
+    assert store.replace_factors("t", "alice", [("taste", ["n"], FactorStats(entries=1, frequency=1.0), vec(1.0),
+                                                 [])]) == []
+    store.set_build("t", "alice", "done", 1, 1, "1 extracted")
     assert set(rpm_rows(store.db, "t", "alice").values()) == {0}
+
+
+def test_an_rpm_build_racing_a_forget_on_another_replica_leaves_nothing(storage: Backend) -> None:
+    a, b = RPMStore(storage.open()), RPMStore(storage.open())
+    stats = FactorStats(entries=1, frequency=1.0)
+
+    def build(user: str, entry_id: int, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+        barrier.wait()
+        try:
+            for step in range(4):
+                a.add_features("t", user, entry_id, [Feature(name="n", value=f"v{step}")], "cheap",
+                               np.stack([vec(1.0)]), np.stack([vec(float(step))]))
+                a.set_path("t", user, entry_id, f"path {step}", "llm", vec(1.0))
+                a.replace_factors("t", user, [("f", ["n"], stats, vec(1.0), [])])
+                a.set_build("t", user, "running", step, 4)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    for round_ in range(12):
+        user = f"u{round_}"
+        [entry_id] = a.add_entries("t", user, [("q", "a", None)], "exchange")
+        barrier, errors = threading.Barrier(2), []
+        thread = threading.Thread(target=build, args=(user, entry_id, barrier, errors))
+        thread.start()
+        barrier.wait()
+        b.forget_user("t", user)
+        thread.join(timeout=30)
+        assert not thread.is_alive() and not errors, errors
+        assert set(rpm_rows(a.db, "t", user).values()) == {0}, f"round {round_}: rows left after the forget"
 
 
 def test_rpm_two_replicas_share_one_database(storage: Backend) -> None:
