@@ -12,6 +12,7 @@ from memory.llm import ChatLLM
 from proxy.auth.keys import KeyStore
 from proxy.datadir_lock import DataDirLock
 from proxy.metrics import Metrics
+from proxy.pipeline.recordings import RecordingsInFlight
 from proxy.ratelimit import RateLimiter
 from proxy.settings import RapportSettings
 from proxy.upstream.router import UpstreamRouter
@@ -56,6 +57,7 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
+    recordings: RecordingsInFlight = field(default_factory=RecordingsInFlight)
     plugins: list[Plugin] = field(default_factory=list)
     # Shared infrastructure that the memory plugin creates and the RPM plugin reuses
     # (typed loosely here so that the proxy core does not depend on their construction).

@@ -90,6 +90,9 @@ class ServerSettings(BaseModel):
     timeout_keep_alive: int = Field(default=75, ge=1)
     # Log the event loop's stack when it has been blocked this long (0: off); see proxy/looplag.py.
     loop_stall_log_s: float = Field(default=1.0, ge=0)
+    # How long a user's request waits for that user's exchanges still being recorded on this replica, so a
+    # message sent right after an answer sees it (proxy/pipeline/recordings.py). 0: never wait.
+    recording_wait_ms: float = Field(default=200.0, ge=0, le=10_000)
 
 
 class StaticKey(BaseModel):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from proxy.errors import RapportError
@@ -27,7 +29,13 @@ class Pipeline:
         """Run each wanted stage's rewrite. A stage that breaks is skipped and reported, not fatal,
         unless it rejects the request itself (a RapportError such as a bad option: the client's to fix)."""
         ran: list[Stage] = []
-        for stage in self.active(ctx):
+        active = self.active(ctx)
+        if active and ctx.user is not None:
+            # Read your writes: the user's exchanges still being recorded on this replica go in first (bounded).
+            wait_s = self._services.settings.server.recording_wait_ms / 1000.0
+            if not await self._services.recordings.wait((ctx.tenant, ctx.user), wait_s):
+                log.info("request %s: a recording of user %s was still in flight after %.0f ms", ctx.request_id, ctx.user, wait_s * 1000)
+        for stage in active:
             started = time.perf_counter()
             try:
                 detail = await stage.before(ctx)
@@ -65,11 +73,15 @@ class Pipeline:
         return [f for f in filters if f is not None]
 
     def after(self, ctx: RequestContext, ran: list[Stage], exchange: Exchange) -> None:
-        """Schedule learning from the exchange off the request path."""
-        if not ran or not ctx.options.record:
+        """Schedule learning from the exchange off the request path.
+
+        The recording is marked as begun here, synchronously, before the response finishes, so that the same
+        user's next request (which may arrive the moment this one ends) waits for it in `before`.
+        """
+        if not ran or not ctx.options.record or ctx.user is None:
             return
-        for stage in ran:
-            self._services.background.spawn(_safe_after(stage, ctx, exchange), name=f"after-{stage.name}")
+        finished = self._services.recordings.begin((ctx.tenant, ctx.user))
+        self._services.background.spawn(_record(ran, ctx, exchange, finished), name="after-stages")
 
     @staticmethod
     def extension(ctx: RequestContext) -> dict[str, Any]:
@@ -95,6 +107,13 @@ class Pipeline:
         if ctx.degraded:
             headers["x-rapport-degraded"] = "; ".join(ctx.degraded)[:512]
         return headers
+
+
+async def _record(ran: list[Stage], ctx: RequestContext, exchange: Exchange, finished: Callable[[], None]) -> None:
+    try:
+        await asyncio.gather(*(_safe_after(stage, ctx, exchange) for stage in ran))
+    finally:
+        finished()
 
 
 async def _safe_after(stage: Stage, ctx: RequestContext, exchange: Exchange) -> None:

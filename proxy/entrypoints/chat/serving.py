@@ -155,8 +155,9 @@ class ChatServing:
         finally:
             await self.services.limiter.close_stream(slot)
             await _aclose(events)
-        yield b"data: [DONE]\n\n"
         if completed:
+            # Scheduled before [DONE], so that the recording counts as in flight by the time the client can
+            # send its next message (which then waits for it: proxy/pipeline/recordings.py).
             try:
                 self._count_tokens(ctx.model, usage)
                 exchange = Exchange(ctx.original_messages, "".join(parts), ctx.model, finish, usage)
@@ -164,6 +165,7 @@ class ChatServing:
             except Exception:
                 # The answer is already out: a failure to schedule learning from it must not cut the stream.
                 log.exception("recording a streamed exchange failed (request %s)", ctx.request_id)
+        yield b"data: [DONE]\n\n"
 
     def _count_tokens(self, model: str, usage: dict[str, Any] | None) -> None:
         if not usage:
