@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from proxy.app import create_app
 from tests.conftest import ADMIN_KEY, API_KEY, API_KEY_B, rapport_settings
+from tests.support.postgres import PostgresServer
 from tests.support.servers import ThreadedServer
 from tests.support.upstream import ScriptedUpstream
 
@@ -41,29 +42,46 @@ _example = itertools.count()
 _marker = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def server(_scripted_session: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = rapport_settings(
-        tmp_path_factory.mktemp("isolation"),
-        _scripted_session.base_url,
-        # Summaries every two items: the scripted upstream echoes the summary prompt, so a summary holds
-        # exactly the items it was built from, and a leak into it shows.
-        memory={"top_k": 20, "token_budget": 8000, "summary_every": 2, "mmr_lambda": 1.0},
-        rpm={"construction_mode": "cheap", "request_mode": "cheap", "top_k": 20, "max_factors_in_prompt": 50},
-        # Named value models make weights settable; nothing serves them (VAS is never on in these chats).
-        vas={"value_models": [{"name": n, "backend": "vllm", "url": "http://127.0.0.1:9"} for n in VALUE_MODELS]},
-    )
+@pytest.fixture(scope="module", params=["embedded", "shared"])
+def server(
+    request: pytest.FixtureRequest, _scripted_session: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[str]]:
+    """The servers that requests are spread over: one on the embedded default, or two replicas (separate data
+    dirs) on one PostgreSQL (`database_url`), taking requests in turn."""
+    shared: dict[str, Any] = {}
+    database = None
+    if request.param == "shared":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        database = postgres.create_database()
+        shared = {"database_url": postgres.url(database)}
+    servers = []
     _scripted_session.reset()
-    srv = ThreadedServer(create_app(settings)).start()
     try:
-        yield srv.url
+        for _ in range(2 if shared else 1):
+            settings = rapport_settings(
+                tmp_path_factory.mktemp("isolation"),
+                _scripted_session.base_url,
+                # Summaries every two items: the scripted upstream echoes the summary prompt, so a summary
+                # holds exactly the items it was built from, and a leak into it shows.
+                memory={"top_k": 20, "token_budget": 8000, "summary_every": 2, "mmr_lambda": 1.0},
+                rpm={"construction_mode": "cheap", "request_mode": "cheap", "top_k": 20, "max_factors_in_prompt": 50},
+                # Named value models make weights settable; nothing serves them (VAS is never on in these chats).
+                vas={"value_models": [{"name": n, "backend": "vllm", "url": "http://127.0.0.1:9"} for n in VALUE_MODELS]},
+                **shared,
+            )
+            servers.append(ThreadedServer(create_app(settings)).start())
+        yield [srv.url for srv in servers]
     finally:
-        srv.stop()
+        for srv in servers:
+            srv.stop()
+        if database is not None:
+            postgres.drop_database(database)
 
 
 class World:
-    def __init__(self, url: str, upstream: ScriptedUpstream) -> None:
-        self.url = url
+    def __init__(self, urls: list[str], upstream: ScriptedUpstream) -> None:
+        self.urls = urls
+        self._turn = itertools.count()
         self.upstream = upstream
         self.http = httpx.Client(timeout=60)
         n = next(_example)
@@ -73,6 +91,12 @@ class World:
         self.rpm_live: dict[tuple[str, str], set[str]] = {}
         self.vas: dict[tuple[str, str], dict[str, Any]] = {}
         self.jobs: list[str] = []
+
+    @property
+    def url(self) -> str:
+        """The next server in turn: with two replicas, consecutive requests (a write and the read that checks
+        it) go to different ones."""
+        return self.urls[next(self._turn) % len(self.urls)]
 
     def principals(self) -> list[tuple[str, str]]:
         return [(t, u) for t in TENANTS for u in self.users.values()]
@@ -298,7 +322,9 @@ OPS = st.one_of(
     # Each example runs real requests; shrinking a failure would take minutes, and the report names the owner.
     phases=[Phase.explicit, Phase.generate],
 )
-def test_no_user_ever_sees_another_users_data(server: str, _scripted_session: ScriptedUpstream, ops: list[Any]) -> None:
+def test_no_user_ever_sees_another_users_data(
+    server: list[str], _scripted_session: ScriptedUpstream, ops: list[Any]
+) -> None:
     world = World(server, _scripted_session)
     try:
         for op in ops:
