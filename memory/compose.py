@@ -61,6 +61,7 @@ class Composed:
     items_used: int = 0
     tokens: int = 0
     summary_used: bool = False
+    neighbours: tuple[MemoryItem, ...] = ()
 
 
 class Composer:
@@ -88,9 +89,16 @@ class Composer:
     def _frame(self) -> str:
         return self._template.safe_substitute(summary="", items="")
 
-    def block(self, items: list[MemoryItem], summary: str | None, task: str, budget: int) -> Composed:
-        """The block within `budget` tokens (the summary first, then as many items as fit); empty when
-        nothing fits."""
+    def block(
+        self,
+        items: list[MemoryItem],
+        summary: str | None,
+        task: str,
+        budget: int,
+        neighbours: dict[str, list[MemoryItem]] | None = None,
+    ) -> Composed:
+        """The block within `budget` tokens (the summary first, then as many items as fit, then as many of
+        their `neighbours` as the rest of the budget holds); empty when nothing fits."""
         self._reload()
         if not items and not summary:
             return Composed()
@@ -105,5 +113,37 @@ class Composer:
         used = fit_budget(lines, remaining)
         if not summary_text and used == 0:
             return Composed()
-        text = self._template.safe_substitute(summary=summary_text, items="".join(lines[:used]))
-        return Composed(text, used, estimate_tokens(text), bool(summary_text))
+        body = "".join(lines[:used])
+        added: list[MemoryItem] = []
+        if neighbours:
+            left = remaining - sum(estimate_tokens(line) for line in lines[:used])
+            body, added = with_neighbours(items[:used], neighbours, left)
+        text = self._template.safe_substitute(summary=summary_text, items=body)
+        return Composed(text, used, estimate_tokens(text), bool(summary_text), tuple(added))
+
+
+def with_neighbours(
+    items: list[MemoryItem], neighbours: dict[str, list[MemoryItem]], budget: int
+) -> tuple[str, list[MemoryItem]]:
+    """The items' lines, each with the neighbours that fit in `budget` tokens around it in time order.
+
+    Neighbours are taken for the best-ranked items first, so the budget goes where relevance is highest; an
+    item that is already in the block (retrieved itself, or another's neighbour) is never repeated.
+    """
+    shown = {item.id for item in items}
+    taken: dict[str, list[MemoryItem]] = {item.id: [] for item in items}
+    added: list[MemoryItem] = []
+    for item in items:
+        for near in neighbours.get(item.id, []):
+            cost = estimate_tokens(render_item(near))
+            if near.id in shown or cost > budget:
+                continue
+            budget -= cost
+            shown.add(near.id)
+            taken[item.id].append(near)
+            added.append(near)
+    parts: list[str] = []
+    for item in items:
+        group = sorted([item, *taken[item.id]], key=lambda it: it.ts)
+        parts += [render_item(it) for it in group]
+    return "".join(parts), added

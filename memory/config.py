@@ -52,8 +52,11 @@ class MemorySettings(BaseModel):
     # torch intra-op threads (process-wide); None leaves torch's default. 1 is best on <= 2 busy cores.
     embedding_threads: int | None = Field(default=None, ge=1, le=256)
     query_cache_size: int = Field(default=4096, ge=0)
-    top_k: int = Field(default=5, ge=0, le=100)
-    token_budget: int = Field(default=512, ge=0)
+    # 10 items in 1,000 tokens, with their conversation neighbours in what the items leave: on LoCoMo
+    # (bench/locomo_recall.py, tuned on conversation 26) this put all of a question's evidence in the prompt
+    # for far more questions than 5 items in 512 tokens (see bench/results/locomo_recall.json).
+    top_k: int = Field(default=10, ge=0, le=100)
+    token_budget: int = Field(default=1000, ge=0)
 
     # Storage: Chroma embedded under data_dir/memory/chroma, or a Chroma server.
     store: Literal["embedded", "server"] = "embedded"
@@ -85,6 +88,27 @@ class MemorySettings(BaseModel):
     recency_weight: float = Field(default=0.15, ge=0, le=1)
     mmr_lambda: float = Field(default=0.7, ge=0, le=1)  # 1 disables MMR
     min_similarity: float = Field(default=0.0, ge=-1, le=1)
+    # Hybrid retrieval (memory/lexical.py): BM25 over a SQLite FTS5 index beside the vectors, fused with the
+    # dense candidates before recency and MMR. Names and rare words link a question to the turn that answers
+    # it far better than MiniLM cosine does (bench/locomo_recall.py). Built for the embedded store only: a
+    # local file would not be shared by the replicas of a Chroma server or Postgres deployment.
+    # Per request: rapport.memory.lexical.
+    lexical: bool = True
+    # weighted: cosine + lexical_weight * BM25 / the best BM25 among the candidates; rrf: reciprocal-rank
+    # fusion. On LoCoMo conversation 26 (bench/locomo_recall.py), weighted with 0.5 beat RRF by 6-12 points
+    # of questions with all evidence in the prompt: RRF throws away how much better the best BM25 match is,
+    # and a rare name's one match is exactly that.
+    lexical_fusion: Literal["rrf", "weighted"] = "weighted"
+    lexical_weight: float = Field(default=0.5, ge=0, le=10)
+    rrf_k: int = Field(default=60, ge=1, le=1000)
+    # How many lexical candidates join the dense ones; None: as many as the dense search asks for.
+    lexical_candidates: int | None = Field(default=None, ge=1, le=1000)
+    # Conversation neighbours: each retrieved item brings the item just before and just after it in its
+    # conversation (or adjacent in time, within neighbour_max_gap_s, when it has no conversation id), in the
+    # budget left after the retrieved items. Needs the lexical index (it knows each item's place).
+    # Per request: rapport.memory.neighbours.
+    neighbours: bool = True
+    neighbour_max_gap_s: float = Field(default=1800.0, ge=0)
 
     # Task-aware summaries (Richardson et al. 2023).
     summaries: bool = True

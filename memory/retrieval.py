@@ -1,10 +1,12 @@
-"""Ranking retrieved candidates: cosine similarity, optional recency decay, MMR diversity, token budget."""
+"""Ranking retrieved candidates: cosine similarity fused with BM25, optional recency decay, MMR diversity,
+token budget."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,15 +26,55 @@ def recency_factor(ts: float, now: float, half_life_days: float) -> float:
 
 
 def score(
-    hits: list[Hit], *, half_life_days: float, recency_weight: float, now: float | None = None
+    hits: list[Hit],
+    *,
+    half_life_days: float,
+    recency_weight: float,
+    now: float | None = None,
+    relevance: list[float] | None = None,
 ) -> list[float]:
-    """Relevance blended with recency: (1-w)·cos + w·cos·decay (recency only reorders what is relevant)."""
+    """Relevance blended with recency: (1-w)·r + w·r·decay (recency only reorders what is relevant).
+
+    r is each hit's cosine similarity, or `relevance` where given (fused with lexical scores, see `fuse`).
+    """
     now = time.time() if now is None else now
+    rel = relevance if relevance is not None else [hit.similarity for hit in hits]
     out: list[float] = []
-    for hit in hits:
+    for hit, r in zip(hits, rel, strict=True):
         decay = recency_factor(hit.item.ts, now, half_life_days)
-        out.append((1.0 - recency_weight) * hit.similarity + recency_weight * hit.similarity * decay)
+        out.append((1.0 - recency_weight) * r + recency_weight * r * decay)
     return out
+
+
+def fuse(
+    similarities: list[float],
+    lexical: dict[int, float],
+    *,
+    method: str,
+    weight: float,
+    rrf_k: int,
+) -> list[float]:
+    """One relevance per candidate from its cosine similarity and (where it matched) its BM25 score.
+
+    rrf: reciprocal-rank fusion (1/(rrf_k + rank) summed over the dense ranking and the lexical ranking,
+    the lexical term scaled by `weight`), rescaled so the best candidate has the best candidate's cosine:
+    MMR then weighs it against cosine redundancy on the scale it was tuned for.
+    weighted: cosine + weight * BM25 / the best BM25 among the candidates.
+    `lexical` maps a candidate's index to its BM25 score (higher is better); absent means no lexical match.
+    """
+    if not similarities:
+        return []
+    if method == "weighted":
+        top = max(lexical.values(), default=0.0)
+        return [s + (weight * lexical[i] / top if top > 0 and i in lexical else 0.0) for i, s in enumerate(similarities)]
+    dense_rank = {i: r for r, i in enumerate(sorted(range(len(similarities)), key=lambda i: -similarities[i]))}
+    lexical_rank = {i: r for r, i in enumerate(sorted(lexical, key=lambda i: -lexical[i]))}
+    fused = [
+        1.0 / (rrf_k + 1 + dense_rank[i]) + (weight / (rrf_k + 1 + lexical_rank[i]) if i in lexical_rank else 0.0)
+        for i in range(len(similarities))
+    ]
+    scale = max(max(similarities), 1e-6) / max(fused)
+    return [f * scale for f in fused]
 
 
 def mmr(hits: list[Hit], scores: list[float], k: int, lam: float) -> list[int]:
@@ -65,3 +107,22 @@ def fit_budget(texts: list[str], budget: int, cost: Callable[[str], int] = estim
         if used > budget:
             return n
     return len(texts)
+
+
+def fetch_hits(store: Any, tenant: str, user: str, ids: list[str], vector: Any) -> list[Hit]:
+    """Stored items by id as hits with their exact cosine to the query vector (lexical matches that the dense
+    search did not return). Ids the store does not hold are left out; a store that cannot return its vectors
+    gives none (lexical then only re-ranks the dense candidates)."""
+    get_vectors = getattr(store, "get_vectors", None)
+    if get_vectors is None or not ids:
+        return []
+    items = store.get(tenant, user, ids, None)
+    vectors = get_vectors(tenant, user, [it.id for it in items])
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    out: list[Hit] = []
+    for item in items:
+        found = vectors.get(item.id)
+        if found is not None:
+            emb = np.asarray(found, dtype=np.float32)
+            out.append(Hit(item, float(emb @ query), emb))
+    return out

@@ -23,9 +23,10 @@ from memory.config import MemorySettings
 from memory.embedding import Embedder, Vectors
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
+from memory.lexical import LexicalIndex, SqliteLexicalIndex
 from memory.llm import ChatLLM
 from memory.redact import Redactor, regex_redactor
-from memory.retrieval import mmr, score
+from memory.retrieval import fetch_hits, fuse, mmr, score
 from memory.store import Hit, MemoryStore
 from memory.stores.choose import open_store
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
@@ -47,6 +48,9 @@ class MemoryOptions(BaseModel):
     summary: bool = True
     task: str | None = Field(default=None, min_length=1, max_length=64)
     store: bool = True
+    # Hybrid (BM25 + dense) retrieval and conversation neighbours; None: the server's setting.
+    lexical: bool | None = None
+    neighbours: bool | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +67,11 @@ class Retrieval:
     # Why a part was left out: similarity retrieval (no query text), the summary (over the budget).
     skipped: str | None = None
     summary_skipped: str | None = None
+    # Hybrid retrieval: whether the lexical index was asked, and how many candidates it matched.
+    lexical: bool = False
+    lexical_matches: int = 0
+    # Conversation neighbours of the retrieved items that made it into the block (not counted in `items`).
+    neighbours: list[MemoryItem] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -75,6 +84,10 @@ class Retrieval:
             "ms": round(self.ms, 3),
             "embed_ms": round(self.embed_ms, 3),
             "search_ms": round(self.search_ms, 3),
+            "lexical": self.lexical,
+            "lexical_matches": self.lexical_matches,
+            "neighbours": len(self.neighbours),
+            "neighbour_ids": [it.id for it in self.neighbours],
         }
         if self.skipped:
             out["skipped"] = self.skipped
@@ -94,6 +107,7 @@ class MemoryService:
         llm_factory: Callable[[], ChatLLM] | None = None,
         store: MemoryStore | None = None,
         redactor: Redactor | None = None,
+        lexical: LexicalIndex | None = None,
         catalog_db: Database | None = None,
         shared_db: Database | None = None,
         migrate: bool = True,
@@ -103,7 +117,12 @@ class MemoryService:
         self.jobs = jobs
         root = data_dir / "memory"
         # With a shared database (`shared_db`, from `database_url`) nothing of memory is kept in the data dir:
-        # vectors in pgvector (or a Chroma server), no staging journal. See memory/stores/choose.py.
+        # vectors in pgvector (or a Chroma server), no staging journal, no local lexical index (a replica's
+        # file would not be shared with the others). See memory/stores/choose.py.
+        if lexical is None and store is None and settings.store == "embedded" and shared_db is None:
+            lexical = SqliteLexicalIndex(root / "lexical.sqlite3")
+        # None (a store given from outside, a Chroma server, shared state): dense retrieval only, no neighbours.
+        self.lexical = lexical
         if store is None:
             dim = embedder.dim if shared_db is not None and settings.store == "embedded" else None
             store = open_store(settings, root, shared_db=shared_db, dim=dim, migrate=migrate)
@@ -135,6 +154,8 @@ class MemoryService:
         self._write_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.store.close()  # a staged store flushes what it holds first
+        if self.lexical is not None:
+            self.lexical.close()
         self.catalog.close()
 
     # -- ingest -------------------------------------------------------------------------------------
@@ -171,6 +192,11 @@ class MemoryService:
 
     def _commit_sync(self, items: list[MemoryItem], vectors: Vectors) -> tuple[list[str], list[UserRecord]]:
         stored = self.store.add(items, vectors)
+        if self.lexical is not None and stored:
+            # Indexed in the same write as the store (staged or not), so a new item is searchable by its words
+            # as soon as it is acknowledged; only new ids, so a duplicate does not move the first one's place.
+            fresh = set(stored)
+            self.lexical.add([item for item in items if item.id in fresh])
         owner = {item.id: (item.tenant, item.user) for item in items}
         added = Counter(owner[item_id] for item_id in stored)
         counts = {(item.tenant, item.user): 0 for item in items}
@@ -225,19 +251,46 @@ class MemoryService:
             summary, summary_skipped = None, "does not fit the token budget"
         if summary is not None:
             k = math.ceil(k * self.settings.summary_item_fraction)
+        use_lexical = self.lexical is not None and (
+            self.settings.lexical if options.lexical is None else options.lexical
+        )
         hits: list[Hit] = []
+        lexical_scores: dict[str, float] = {}
         if vector is not None and k > 0:
             n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
-            hits = await self._io(self.store.query, tenant, user, vector, n)
+            if use_lexical:
+                hits, lexical_scores = await self._hybrid_candidates(tenant, user, query, vector, n)
+            else:
+                hits = await self._io(self.store.query, tenant, user, vector, n)
         searched = time.perf_counter()
-        hits = [h for h in hits if h.similarity >= self.settings.min_similarity]
+        hits = [
+            h for h in hits if h.similarity >= self.settings.min_similarity or h.item.id in lexical_scores
+        ]
+        relevance = None
+        if lexical_scores:
+            relevance = fuse(
+                [h.similarity for h in hits],
+                {i: lexical_scores[h.item.id] for i, h in enumerate(hits) if h.item.id in lexical_scores},
+                method=self.settings.lexical_fusion,
+                weight=self.settings.lexical_weight,
+                rrf_k=self.settings.rrf_k,
+            )
         scores = score(
             hits,
             half_life_days=self.settings.recency_half_life_days,
             recency_weight=self.settings.recency_weight,
+            relevance=relevance,
         )
         chosen = [hits[i].item for i in mmr(hits, scores, k, self.settings.mmr_lambda)]
-        composed = self.composer.block(chosen, summary.text if summary else None, task, budget)
+        use_neighbours = self.lexical is not None and (
+            self.settings.neighbours if options.neighbours is None else options.neighbours
+        )
+        context = None
+        if use_neighbours and chosen and self.lexical is not None:
+            context = await self._io(
+                self.lexical.neighbours, tenant, user, chosen, self.settings.neighbour_max_gap_s
+            )
+        composed = self.composer.block(chosen, summary.text if summary else None, task, budget, context)
         result = Retrieval(
             task=task,
             items=chosen[: composed.items_used],
@@ -247,11 +300,32 @@ class MemoryService:
             candidates=len(hits),
             skipped=None if vector is not None else "no text in the last user message",
             summary_skipped=summary_skipped,
+            lexical=use_lexical and vector is not None,
+            lexical_matches=len(lexical_scores),
+            neighbours=list(composed.neighbours),
         )
         result.ms = (time.perf_counter() - started) * 1000.0
         result.embed_ms = (embedded - started) * 1000.0
         result.search_ms = (searched - embedded) * 1000.0
         return result
+
+    async def _hybrid_candidates(
+        self, tenant: str, user: str, query: str, vector: Vectors, n: int
+    ) -> tuple[list[Hit], dict[str, float]]:
+        """Dense and lexical candidates together (each with its cosine), and the lexical ones' BM25 scores."""
+        assert self.lexical is not None
+        n_lexical = self.settings.lexical_candidates or n
+        hits, matched = await asyncio.gather(
+            self._io(self.store.query, tenant, user, vector, n),
+            self._io(self.lexical.search, tenant, user, query, n_lexical),
+        )
+        known = {h.item.id for h in hits}
+        missing = [m.id for m in matched if m.id not in known]
+        if missing:
+            hits = hits + await self._io(fetch_hits, self.store, tenant, user, missing, vector)
+        present = {h.item.id for h in hits}
+        # An id the store no longer has (a delete that reached the store but not the index) is never shown.
+        return hits, {m.id: m.score for m in matched if m.id in present}
 
     async def compose(
         self, tenant: str, user: str, messages: list[dict[str, Any]], options: MemoryOptions | None = None
@@ -331,6 +405,8 @@ class MemoryService:
         if await self.item(tenant, user, item_id) is None:
             return False
         await self._io(self.store.delete, tenant, user, [item_id])
+        if self.lexical is not None:
+            await self._io(self.lexical.delete, tenant, user, [item_id])
         await self._sync_count(tenant, user)
         return True
 
@@ -347,6 +423,8 @@ class MemoryService:
             new.text = self._prepare(text)
         vectors = await self.embedder.embed([new.text])
         await self._io(self.store.upsert, [new], vectors)
+        if self.lexical is not None:
+            await self._io(self.lexical.add, [new])  # the new words replace the old ones
         return new
 
     async def _sync_count(self, tenant: str, user: str) -> None:
@@ -400,6 +478,8 @@ class MemoryService:
 
     async def _forget_stores(self, tenant: str, user: str) -> dict[str, int]:
         items = await self._io(self.store.delete_user, tenant, user)
+        if self.lexical is not None:
+            await self._io(self.lexical.delete_user, tenant, user)
         report = await self._io(self.catalog.forget, tenant, user)
         return {"items": items, **report}
 
