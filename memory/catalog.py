@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
 from memory.catalog_schema import SCHEMA, summaries, users
+from memory.generations import ForgetGenerations
 from rapport.core.database import Database
 from rapport.core.migrations import ensure
 
@@ -89,6 +91,8 @@ class Catalog:
         # A path is the embedded convenience for tools and benches: the catalog then owns that SQLite file.
         self._owns_db = not isinstance(database, Database)
         self._db = database if isinstance(database, Database) else Database.sqlite(database)
+        # The per-user forget generations live in the catalog's database (memory/generations.py).
+        self.generations = ForgetGenerations(self._db)
         try:
             ensure(self._db, SCHEMA, migrate_on_start=migrate)
         except BaseException:
@@ -136,12 +140,24 @@ class Catalog:
         [record] = self.touch_many({(tenant, user): added})
         return record
 
-    def touch_many(self, added: dict[tuple[str, str], int]) -> list[UserRecord]:
-        """`touch` for several users in one statement and one commit; the records in the order given."""
-        if not added:
+    def touch_many(
+        self, added: dict[tuple[str, str], int], *, generations: Mapping[tuple[str, str], int] | None = None
+    ) -> list[UserRecord]:
+        """`touch` for several users in one statement and one commit; the records in the order given.
+
+        With `generations` (the forget generation each user's items were written under), a user whose
+        generation moved on since (forgotten in between) is left out, checked inside this transaction: a
+        recording that raced a forget does not recreate the user's row (memory/generations.py)."""
+        if generations is not None:
+            with self._db.write() as conn:
+                current = self.generations.locked(conn, [key for key in added if key in generations])
+                added = {key: n for key, n in added.items() if key in current and current[key] == generations[key]}
+                records = self._upsert(conn, added, time.time()) if added else []
+        elif not added:
             return []
-        with self._db.write() as conn:
-            records = self._upsert(conn, added, time.time())
+        else:
+            with self._db.write() as conn:
+                records = self._upsert(conn, added, time.time())
         # RETURNING promises no order: match the records to the keys.
         by_key = {(r.tenant, r.user): r for r in records}
         return [by_key[key] for key in added]

@@ -29,6 +29,14 @@ users = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
 )
+# The per-user forget generation (memory/generations.py): keyed by a hash of (tenant, user), so the row that
+# outlives a forget holds no identifier of the user.
+forget_generations = sa.Table(
+    "memory_forget_generations",
+    metadata,
+    sa.Column("user_key", sa.Text, primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+)
 summaries = sa.Table(
     "summaries",
     metadata,
@@ -70,10 +78,23 @@ def _v1_tables(conn: Connection, db: Database) -> None:
     )
 
 
+def _v2_forget_generations(conn: Connection, db: Database) -> None:
+    conn.exec_driver_sql(
+        """CREATE TABLE IF NOT EXISTS memory_forget_generations (
+            user_key TEXT NOT NULL PRIMARY KEY,
+            generation INTEGER NOT NULL
+        )"""
+    )
+
+
 SCHEMA = register(
     Schema(
         component="catalog",
         store=STORE,
-        migrations=(Migration(1, "users and summaries tables (the embedded catalog's original shape)", _v1_tables),),
+        migrations=(
+            Migration(1, "users and summaries tables (the embedded catalog's original shape)", _v1_tables),
+            Migration(2, "per-user forget generations (a recording that raced a forget writes nothing)",
+                      _v2_forget_generations),
+        ),
     )
 )

@@ -34,7 +34,7 @@ threads. Connections come from the `Database`'s pool.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -207,10 +207,19 @@ class PgVectorStore:
 
     # -- writes -------------------------------------------------------------------------------------
 
-    def add(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
+    def add(
+        self, items: list[MemoryItem], vectors: Vectors, *, admit: Callable[[Connection], list[bool]] | None = None
+    ) -> list[str]:
+        """Store items whose ids are new. `admit`, called first inside the write transaction, says which items
+        may be written (the memory service's forget-generation check, memory/generations.py): the others are
+        left out, and the check holds until the commit."""
         rows = self._vectors(vectors, len(items))
         stored: list[str] = []
         with self.db.write() as conn:
+            if admit is not None:
+                keep = [i for i, ok in enumerate(admit(conn)) if ok]
+                if len(keep) < len(items):
+                    items, rows = [items[i] for i in keep], rows[keep]
             for (tenant, user), idx in group_by_user(items).items():
                 unique: dict[str, int] = {}
                 for i in idx:

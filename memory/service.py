@@ -21,10 +21,12 @@ from memory.catalog import Catalog, Summary, UserRecord
 from memory.compose import Composer
 from memory.config import MemorySettings
 from memory.embedding import Embedder, Vectors
+from memory.generations import admitted
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
 from memory.lexical import LexicalIndex, SqliteLexicalIndex
 from memory.llm import ChatLLM
+from memory.pg_store import PgVectorStore
 from memory.redact import Redactor, regex_redactor
 from memory.retrieval import fetch_hits, fuse, mmr, score
 from memory.store import Hit, MemoryStore
@@ -72,6 +74,9 @@ class Retrieval:
     lexical_matches: int = 0
     # Conversation neighbours of the retrieved items that made it into the block (not counted in `items`).
     neighbours: list[MemoryItem] = field(default_factory=list)
+    # The user's forget generation when the request started: its recording writes nothing if a forget came
+    # in between (memory/generations.py). Not part of `details`.
+    generation: int | None = None
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -139,6 +144,11 @@ class MemoryService:
         self.writer = IngestWriter(
             getattr(embedder, "embed_background", embedder.embed), self._commit, max_batch=settings.ingest_max_batch
         )
+        # The forget generation each queued item was submitted under, by the item object's id (items have
+        # slots, and the writer passes them through untouched); set while `ingest` waits for them.
+        self._expected: dict[int, int | None] = {}
+        # Items and catalog touches left out because their user was forgotten while they were on their way.
+        self.dropped_after_forget = 0
         self._closed = False
         if llm_factory is not None:
             jobs.register(SUMMARY_JOB, make_handler(self, llm_factory))  # type: ignore[arg-type]
@@ -164,10 +174,12 @@ class MemoryService:
         text = text.strip()[: self.settings.max_item_chars]
         return self.redactor(text) if self.redactor else text
 
-    async def ingest(self, items: list[MemoryItem]) -> list[str]:
+    async def ingest(self, items: list[MemoryItem], *, generation: int | None = None) -> list[str]:
         """Embed and store items (durable when this returns); returns ids newly stored (not duplicates).
 
         Concurrent calls are coalesced into shared batches by the writer (see memory/writer.py).
+        `generation`: the user's forget generation when the caller's request started (all items are then that
+        user's); None reads it now. Items of a user forgotten since are not written (memory/generations.py).
         """
         prepared: list[MemoryItem] = []
         for item in items:
@@ -179,7 +191,18 @@ class MemoryService:
                 prepared.append(item)
         if not prepared:
             return []
-        return await self.writer.submit(prepared)
+        owners = {(item.tenant, item.user) for item in prepared}
+        if generation is not None and len(owners) == 1:
+            current = {next(iter(owners)): generation}
+        else:
+            current = await self._io(self.catalog.generations.current_many, owners)
+        for item in prepared:
+            self._expected[id(item)] = current[(item.tenant, item.user)]
+        try:
+            return await self.writer.submit(prepared)
+        finally:
+            for item in prepared:
+                self._expected.pop(id(item), None)
 
     async def _commit(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
         loop = asyncio.get_running_loop()
@@ -191,17 +214,44 @@ class MemoryService:
         return stored
 
     def _commit_sync(self, items: list[MemoryItem], vectors: Vectors) -> tuple[list[str], list[UserRecord]]:
-        stored = self.store.add(items, vectors)
-        if self.lexical is not None and stored:
-            # Indexed in the same write as the store (staged or not), so a new item is searchable by its words
-            # as soon as it is acknowledged; only new ids, so a duplicate does not move the first one's place.
-            fresh = set(stored)
-            self.lexical.add([item for item in items if item.id in fresh])
+        expected = [self._expected.get(id(item)) for item in items]
+        owners = [(item.tenant, item.user) for item in items]
+        generations = self.catalog.generations
+        # The generation each user's items were written under, as the store's write saw it.
+        written: dict[tuple[str, str], int] = {}
+        left_out = 0
+
+        def admit(current: dict[tuple[str, str], int]) -> list[bool]:
+            nonlocal left_out
+            ok = admitted(expected, owners, current)
+            written.update({owner: current[owner] for owner, yes in zip(owners, ok, strict=True) if yes})
+            left_out = ok.count(False)
+            return ok
+
+        # The in-process order against a forget of this replica (the staged and Chroma stores have no
+        # transaction to check in); PostgreSQL also checks inside the items' own transaction, for every replica.
+        with generations.holding(set(owners)):
+            if isinstance(self.store, PgVectorStore):
+                stored = self.store.add(items, vectors, admit=lambda conn: admit(generations.locked(conn, set(owners))))
+            else:
+                keep = [i for i, ok in enumerate(admit(generations.current_many(set(owners)))) if ok]
+                stored = self.store.add([items[i] for i in keep], vectors[keep]) if keep else []
+            if self.lexical is not None and stored:
+                # Indexed in the same write as the store (staged or not), so a new item is searchable by its
+                # words as soon as it is acknowledged; only new ids, so a duplicate does not move the first one's
+                # place.
+                fresh = set(stored)
+                self.lexical.add([item for item in items if item.id in fresh])
         owner = {item.id: (item.tenant, item.user) for item in items}
         added = Counter(owner[item_id] for item_id in stored)
-        counts = {(item.tenant, item.user): 0 for item in items}
+        counts = {key: 0 for key in owners if key in written}
         counts.update(added)
-        return stored, self.catalog.touch_many(counts)
+        records = self.catalog.touch_many(counts, generations=written)
+        dropped = left_out + len(counts) - len(records)
+        if dropped:
+            self.dropped_after_forget += dropped
+            log.info("memory: %d writes of forgotten users dropped (a recording raced a forget)", dropped)
+        return stored, records
 
     async def record_exchange(
         self,
@@ -213,7 +263,9 @@ class MemoryService:
         conversation_id: str | None,
         model: str | None,
         task: str | None,
+        generation: int | None = None,
     ) -> list[str]:
+        """`generation`: the user's forget generation when the request started (`Retrieval.generation`)."""
         now = time.time()
         items: list[MemoryItem] = []
         text = last_user_text(messages)
@@ -223,7 +275,7 @@ class MemoryService:
             items.append(
                 MemoryItem(tenant, user, answer, "assistant", now + 1e-3, conversation_id, model, task)
             )
-        return await self.ingest(items)
+        return await self.ingest(items, generation=generation)
 
     # -- retrieval ----------------------------------------------------------------------------------
 
@@ -331,7 +383,13 @@ class MemoryService:
         self, tenant: str, user: str, messages: list[dict[str, Any]], options: MemoryOptions | None = None
     ) -> tuple[list[dict[str, Any]], Retrieval]:
         """The messages with the memory block added to their one leading system message, and what was added."""
-        retrieval = await self.retrieve(tenant, user, last_user_text(messages), options)
+        # The forget generation is read as the request starts (beside retrieval, so it adds no wait): the
+        # exchange recorded after the response is written only if no forget of the user came in between.
+        generation, retrieval = await asyncio.gather(
+            self._io(self.catalog.generations.current, tenant, user),
+            self.retrieve(tenant, user, last_user_text(messages), options),
+        )
+        retrieval.generation = generation
         return append_system(messages, retrieval.block), retrieval
 
     # -- summaries ----------------------------------------------------------------------------------
@@ -477,6 +535,9 @@ class MemoryService:
         return await self.jobs.forget_user(tenant, user)
 
     async def _forget_stores(self, tenant: str, user: str) -> dict[str, int]:
+        # First, committed before anything is deleted: from here on every write begun before this forget
+        # writes nothing (memory/generations.py), so nothing the deletes below miss can come back.
+        await self._io(self.catalog.generations.bump, tenant, user)
         items = await self._io(self.store.delete_user, tenant, user)
         if self.lexical is not None:
             await self._io(self.lexical.delete_user, tenant, user)

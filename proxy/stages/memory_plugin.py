@@ -75,6 +75,8 @@ class MemoryStage:
             raise ServiceUnavailable(f"Memory store unavailable: {exc.__class__.__name__}") from exc
         ctx.body["messages"] = messages
         ctx.state["memory.task"] = retrieval.task
+        # The recording after the response writes nothing if the user is forgotten meanwhile (memory/generations.py).
+        ctx.state["memory.generation"] = retrieval.generation
         return retrieval.details()
 
     async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
@@ -91,6 +93,7 @@ class MemoryStage:
                 conversation_id=ctx.options.conversation_id,
                 model=exchange.model or ctx.model,
                 task=ctx.state.get("memory.task"),
+                generation=ctx.state.get("memory.generation"),
             )
         except Exception as exc:
             # The response has gone: the exchange is lost, not buffered on this replica's disk or in memory
