@@ -359,6 +359,67 @@ def db_upgrade(config: ConfigOption = None) -> None:
         databases.close()
 
 
+@db_app.command("migrate")
+def db_migrate(
+    from_dir: Annotated[Path, typer.Option("--from", help="The embedded data dir to copy (stop its server first).")],
+    config: ConfigOption = None,
+) -> None:
+    """Copy an embedded data dir into the PostgreSQL of database_url; safe to re-run (nothing is copied twice)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy.exc import OperationalError
+
+    from proxy.datadir_lock import DataDirInUse
+    from proxy.migrate.run import NotADataDir, migrate_data_dir
+    from proxy.migrate.vectors import StagingNotFlushed
+    from rapport.core.database import Databases, DatabaseUnavailable
+    from rapport.core.migrations import SchemaTooNew
+
+    settings = _settings(config)
+    if not settings.shared_state:
+        console.print("[bold red]error:[/] database_url (RAPPORT_DATABASE_URL) is not set: it names the PostgreSQL "
+                      "database to copy the data dir into.")
+        raise typer.Exit(2)
+    databases = Databases(settings.database_config())
+    console.print(f"copying {from_dir.resolve()} into {databases.describe()}")
+    bars = Progress(TextColumn("{task.description:<15}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console)
+
+    def start(label: str, total: int) -> Callable[[int], None]:
+        task = bars.add_task(label, total=total)
+        return lambda n: bars.advance(task, n)
+
+    try:
+        with bars:
+            report = migrate_data_dir(from_dir, databases, known_schemas(), settings.memory, start)
+    except (DataDirInUse, NotADataDir, StagingNotFlushed, SchemaTooNew, DatabaseUnavailable) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    except OperationalError as exc:
+        console.print(f"[bold red]error:[/] cannot reach {databases.describe()} ({exc.orig.__class__.__name__})")
+        raise typer.Exit(1) from None
+    finally:
+        databases.close()
+    # source: rows to move; in target: of those, found by primary key; copied: inserted by this run.
+    table = Table("store", "source", "in target", "copied", "target", "left out", "check", title="rapport db migrate")
+    for s in report.stores:
+        table.add_row(s.label, str(s.source), str(s.found), str(s.copied), str(s.target_total), str(s.left_out),
+                      "[green]ok[/]" if s.ok else "[red]DIFFERS[/]")
+    out.print(table)
+    if report.staged_flushed:
+        out.print(f"flushed {report.staged_flushed} staged memory items into the embedded store first")
+    mismatches = report.user_mismatches()
+    out.print(f"per user: {report.users_checked()} users checked, {len(mismatches)} with a count that differs")
+    if mismatches:
+        per_user = Table("store", "tenant", "user", "source", "in target", title="counts that differ")
+        for label, (tenant, user), n, found in mismatches[:50]:
+            per_user.add_row(label, tenant, user, str(n), str(found))
+        out.print(per_user)
+    if not report.ok:
+        console.print("[bold red]error:[/] some source rows are not in the target (see the table); run it again")
+        raise typer.Exit(1)
+    out.print("left out: finished jobs, and RPM features or paths of deleted history entries (never served)")
+
+
 def _mount_optional() -> None:
     import importlib.util
 
