@@ -187,9 +187,22 @@ class Catalog:
     # -- summaries ----------------------------------------------------------------------------------
 
     def add_summary(
-        self, tenant: str, user: str, task: str, text: str, item_count: int, model: str | None
+        self,
+        tenant: str,
+        user: str,
+        task: str,
+        text: str,
+        item_count: int,
+        model: str | None,
+        *,
+        generation: int | None = None,
     ) -> Summary:
+        """`generation`: the user's forget generation when the job read its items; a forget since (even one
+        followed by new exchanges that recreated the user) means the summary is of forgotten data: LookupError."""
         with self._db.write() as conn:
+            # The generation's row first, then the user's row: the order `touch_many` takes them in.
+            if generation is not None and self.generations.locked(conn, [(tenant, user)])[(tenant, user)] != generation:
+                raise LookupError(f"user {user!r} of tenant {tenant!r} was forgotten after the summary's items were read")
             # Only a known user gets a summary: a user forgotten while the job ran stays forgotten. The row
             # lock orders this against a concurrent forget and against another replica's summary of the user
             # (which would pick the same version number).

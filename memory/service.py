@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -428,10 +429,24 @@ class MemoryService:
         ordered = sorted(chosen.values(), key=lambda it: it.ts)
         return [it.text for it in ordered], previous.text if previous else None
 
+    async def generation(self, tenant: str, user: str) -> int:
+        """The user's forget generation now (a summary job reads it before the items it summarizes)."""
+        return await self._io(self.catalog.generations.current, tenant, user)
+
     async def save_summary(
-        self, tenant: str, user: str, task: str, text: str, item_count: int, model: str | None
+        self,
+        tenant: str,
+        user: str,
+        task: str,
+        text: str,
+        item_count: int,
+        model: str | None,
+        generation: int | None = None,
     ) -> Summary:
-        return await self._io(self.catalog.add_summary, tenant, user, task, text, item_count, model)
+        """Raises LookupError, writing nothing, if the user was forgotten (since `generation`, when given)."""
+        return await self._io(
+            partial(self.catalog.add_summary, generation=generation), tenant, user, task, text, item_count, model
+        )
 
     async def summaries(self, tenant: str, user: str, task: str | None = None) -> list[Summary]:
         return await self._io(self.catalog.summaries, tenant, user, task)

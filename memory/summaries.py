@@ -79,6 +79,8 @@ def make_handler(
     async def handle(job: Job, progress: Progress) -> None:
         task = str(job.payload.get("task") or settings.default_task)
         await progress(0.05, "reading items")
+        # Read before the items: a forget after this point makes the save below write nothing.
+        generation = await service.generation(job.tenant, job.user)
         user_texts, previous = await service.summary_inputs(job.tenant, job.user, task)
         if not user_texts:
             await progress(1.0, "no user items: nothing to summarize")
@@ -102,7 +104,7 @@ def make_handler(
         await progress(0.9, "saving")
         model = str(result.raw.get("model")) if result.raw.get("model") else None
         try:
-            await service.save_summary(job.tenant, job.user, task, text, len(user_texts), model)
+            await service.save_summary(job.tenant, job.user, task, text, len(user_texts), model, generation)
         except LookupError:
             log.info("summary for a forgotten user dropped")
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from memory.catalog_schema import summaries, users
+from memory.catalog import Catalog
+from memory.catalog_schema import forget_generations, summaries, users
 from memory.service import MemoryService
 from memory.staging import StagedStore
 from rapport.core.database import Database
@@ -35,6 +36,7 @@ from tests.storage.test_memory_shared import (
     texts,
 )
 from tests.support.helpers import admin, wait_until
+from tests.support.postgres import Backend
 from tests.support.upstream import Reply
 
 REQUESTS = 50
@@ -188,3 +190,29 @@ def test_forget_racing_50_recordings_on_the_embedded_default_leaves_nothing(
         late = service.dropped_after_forget - dropped_before
         print(f"round {round_}: forget removed {removed['items']} items; {late} late writes dropped")
         assert_new_exchanges_are_recorded(h, a, user)
+
+
+def test_catalog_writes_begun_before_a_forget_write_nothing(storage: Backend) -> None:
+    """On both backends, two catalogs (two replicas): a touch or a summary begun under the generation read before
+    a forget writes nothing, even once a new exchange has recreated the user; one begun after it is written."""
+    a, b = Catalog(storage.open()), Catalog(storage.open())
+    key = ("t", "uma")
+    a.touch_many({key: 2})
+    before = a.generations.current(*key)
+    assert b.generations.bump(*key) == before + 1
+    b.forget(*key)
+    # A recording begun before the forget does not bring the user's row back.
+    assert a.touch_many({key: 1}, generations={key: before}) == []
+    assert a.user(*key) is None
+    # A new exchange after the forget is recorded; a summary job that read its items before the forget is not.
+    after = a.generations.current(*key)
+    [record] = a.touch_many({key: 1}, generations={key: after})
+    assert record.items == 1
+    with pytest.raises(LookupError, match="forgotten"):
+        a.add_summary(*key, "general", "of forgotten items", 2, None, generation=before)
+    assert a.summaries(*key) == []
+    assert a.add_summary(*key, "general", "of new items", 1, None, generation=after).version == 1
+    # The row that outlives the forget names no one.
+    with storage.open().read() as conn:
+        stored = [str(k) for k in conn.execute(sa.select(forget_generations.c.user_key)).scalars()]
+    assert stored and not any("uma" in k for k in stored)
