@@ -391,7 +391,8 @@ def db_migrate(
     try:
         with bars:
             report = migrate_data_dir(from_dir, databases, known_schemas(), settings.memory, start)
-    except (DataDirInUse, NotADataDir, StagingNotFlushed, SchemaTooNew, DatabaseUnavailable) as exc:
+    # ValueError: the target's vectors have another dimension than the data dir's (another embedding model).
+    except (DataDirInUse, NotADataDir, StagingNotFlushed, SchemaTooNew, DatabaseUnavailable, ValueError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
     except OperationalError as exc:
