@@ -11,8 +11,8 @@ reads it when it starts; every write of that request's memory data (the item com
 re-reads it inside its own write transaction and writes nothing for a user whose generation moved on.
 
 Why that is enough: the write's read and the forget's bump are ordered by a lock on the same row.
-- PostgreSQL: the write ensures the row exists (INSERT .. ON CONFLICT DO NOTHING) and reads it FOR SHARE;
-  the bump updates it. A write that got the row first commits before the bump can, hence before the forget's
+- PostgreSQL: the write reads the row FOR SHARE (making it first, INSERT .. ON CONFLICT DO NOTHING, on the
+  user's first write); the bump updates it. A write that got the row first commits before the bump can, hence before the forget's
   deletes start (and they remove it); a write that comes after the bump sees the new generation (READ
   COMMITTED re-reads the locked row's latest version) and skips the user.
 - SQLite (the embedded catalog): a write transaction holds the file's write lock from BEGIN, so a plain read
@@ -20,7 +20,8 @@ Why that is enough: the write's read and the forget's bump are ordered by a lock
   transaction with the catalog: those writes are ordered against the bump by a per-user lock in this process,
   which is the only writer of an embedded data dir (`holding`).
 
-Cost per write: on PostgreSQL one no-op upsert and one primary-key read in a transaction that is open anyway.
+Cost per write: on PostgreSQL one primary-key read FOR SHARE in a transaction that is open anyway (a user's first
+write also inserts its row); bench/forget_generation.py measures it (bench/results/forget_generation.json).
 """
 
 from __future__ import annotations
@@ -67,18 +68,26 @@ class ForgetGenerations:
         wanted = {user_key(*key): key for key in keys}
         if not wanted:
             return {}
-        if self._db.is_postgres:
-            # FOR SHARE locks only rows that exist: a user never forgotten gets its row (generation 0) first,
-            # so that a bump racing this write has a row to conflict on. Sorted: a stable lock order.
-            insert = self._db.insert(table).values([{"user_key": k, "generation": 0} for k in sorted(wanted)])
+        if not self._db.is_postgres:
+            return self._read(conn, wanted, lock=False)
+        found = self._read(conn, wanted, lock=True)
+        missing = sorted(k for k in wanted if wanted[k] not in found)
+        if missing:
+            # FOR SHARE locks only rows that exist: a user's first write makes its row (generation 0), so that a
+            # bump racing this write has a row to conflict on, then locks it like the others. Once made, the
+            # row stays, and a write costs the one locking read above.
+            insert = self._db.insert(table).values([{"user_key": k, "generation": 0} for k in missing])
             conn.execute(insert.on_conflict_do_nothing(index_elements=[table.c.user_key]))
-        return self._read(conn, wanted, lock=self._db.is_postgres)
+            found.update(self._read(conn, {k: wanted[k] for k in missing}, lock=True))
+        return {key: found.get(key, 0) for key in wanted.values()}
 
     def _read(self, conn: Connection, wanted: dict[str, UserKey], *, lock: bool) -> dict[UserKey, int]:
         stmt = sa.select(table.c.user_key, table.c.generation).where(table.c.user_key.in_(list(wanted)))
         if lock:
             stmt = stmt.order_by(table.c.user_key).with_for_update(read=True)
         found = {str(k): int(g) for k, g in conn.execute(stmt).all()}
+        if lock:  # only the rows there (and now locked): the caller decides what a missing one means
+            return {wanted[hashed]: g for hashed, g in found.items()}
         return {key: found.get(hashed, 0) for hashed, key in wanted.items()}
 
     # -- forget -------------------------------------------------------------------------------------
