@@ -19,6 +19,10 @@ Why that is enough: the write's read and the forget's bump are ordered by a lock
   inside it is ordered against the bump. Vectors there go to the staging journal and Chroma, which have no
   transaction with the catalog: those writes are ordered against the bump by a per-user lock in this process,
   which is the only writer of an embedded data dir (`holding`).
+- A Chroma server for vectors (`memory.store: server`) has no transaction either: its items are checked under
+  the same process lock just before they are written, which orders them against a forget on this replica but
+  not against one on another replica landing in that instant (the catalog touch is still checked in its
+  transaction). pgvector has no such gap.
 
 Cost per write: on PostgreSQL one primary-key read FOR SHARE in a transaction that is open anyway (a user's first
 write also inserts its row); bench/forget_generation.py measures it (bench/results/forget_generation.json).
