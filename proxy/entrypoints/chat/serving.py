@@ -16,7 +16,7 @@ from proxy.entrypoints.admission import admit
 from proxy.entrypoints.chat.choice_filters import ChoiceFilters
 from proxy.entrypoints.chat.protocol import ChatCompletionRequest
 from proxy.entrypoints.chat.shown_logprobs import trim_message_logprobs
-from proxy.entrypoints.common import sse_data, stream_error_event
+from proxy.entrypoints.common import aclose_quietly, sse_data, stream_error_event
 from proxy.pipeline.context import Exchange, RapportOptions, RequestContext
 from proxy.pipeline.runner import Pipeline
 from proxy.ratelimit import StreamSlot
@@ -102,7 +102,7 @@ class ChatServing:
             first = None
         except BaseException:
             await limiter.close_stream(slot)
-            await _aclose(events)
+            await aclose_quietly(events)
             raise
         return StreamingResponse(
             self._relay(ctx, ran, first, events, slot),
@@ -154,7 +154,7 @@ class ChatServing:
             yield stream_error_event(exc)
         finally:
             await self.services.limiter.close_stream(slot)
-            await _aclose(events)
+            await aclose_quietly(events)
         if completed:
             # Scheduled before [DONE], so that the recording counts as in flight by the time the client can
             # send its next message (which then waits for it: proxy/pipeline/recordings.py).
@@ -188,13 +188,3 @@ def _collect(event: dict[str, Any], parts: list[str]) -> str | None:
             parts.append(content)
         finish = choice.get("finish_reason") or finish
     return finish
-
-
-async def _aclose(events: AsyncIterator[dict[str, Any]]) -> None:
-    close = getattr(events, "aclose", None)
-    if close is not None:
-        try:
-            await close()
-        except Exception:  # the stream is already broken; closing it must not mask that
-            pass
-
