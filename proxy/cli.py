@@ -316,6 +316,8 @@ SCHEMA_MODULES = (
     "reasoning.rpm.store_schema",
     "reasoning.vas.store_schema",
     "proxy.entrypoints.responses.store_schema",
+    # PostgreSQL only (pgvector): skipped on the embedded default.
+    "memory.pg_store",
 )
 
 
