@@ -238,7 +238,8 @@ def main() -> None:
     db = Database.postgres(server.get_uri("postgres"), pool_size=2, max_overflow=0)
     result: dict[str, Any] = {
         "config": {
-            **vars(args),
+            # Where the results went is this machine's business, not the result's.
+            **{k: v for k, v in vars(args).items() if k != "out"},
             "dim": DIM,
             "k": K,
             "postgres": db.ping(),

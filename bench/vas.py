@@ -1,8 +1,8 @@
 """VAS bench: reward vs beta per shipped reward, VAS vs Best-of-N at equal base-token budget, cost per answer
 for both value backends, and what differing base/value tokenizers cost.
 
-    /work/cpu shared .venv/bin/python -m bench.vas        # everything, README numbers (resumable: rerun continues)
-    /work/cpu quiet  .venv/bin/python -m bench.vas --sections cost --tag quiet   # clean-machine timing rows
+    .venv/bin/python -m bench.vas        # everything, README numbers (resumable: rerun continues)
+    .venv/bin/python -m bench.vas --sections cost --tag quiet   # clean-machine timing rows
 
 The defaults are the README run (32 held-out prompts, 20 tokens, beta 0/3/8, budget on 16 prompts, block K=4,
 3 prompts for the tokenizer replay and the cost rows).
