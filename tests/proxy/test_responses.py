@@ -219,9 +219,13 @@ def test_responses_against_the_real_model(make_rapport: Any, smollm2_url: str) -
     )
     client = client_for(rapport)
     question = "What is the capital of France?"
-    result = client.responses.create(model="smollm2", input=question, max_output_tokens=24, temperature=0)
+    # Neither is recorded, so both see the same prompt (a recorded first answer would be remembered into the second).
+    keep_out = {"rapport": {"record": False}}
+    result = client.responses.create(model="smollm2", input=question, max_output_tokens=24, temperature=0, extra_body=keep_out)
     assert result.output_text.strip() and result.usage is not None and result.usage.output_tokens > 0
-    events = list(client.responses.create(model="smollm2", input=question, max_output_tokens=24, temperature=0, stream=True))
+    events = list(
+        client.responses.create(model="smollm2", input=question, max_output_tokens=24, temperature=0, stream=True, extra_body=keep_out)
+    )
     deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
     # The last event carries the whole response: completed, or incomplete when max_output_tokens cut it.
     assert events[-1].type in ("response.completed", "response.incomplete")
