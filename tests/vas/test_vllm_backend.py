@@ -71,7 +71,8 @@ def vllm_url(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iter
 async def test_vllm_values_match_torch(vllm_url: str, trained: Trained) -> None:
     torch_backend = TorchBackend(trained.model_dir)
     texts = [render_prompt(torch_backend.tokenizer, [{"role": "user", "content": p}]) + t for p, t in RANKING_PAIRS]
-    vllm_backend = VLLMBackend(vllm_url, "value")
+    # Correctness, not speed: on a loaded 2-core box the CPU server's first passes have taken over 30 s.
+    vllm_backend = VLLMBackend(vllm_url, "value", timeout=300)
     try:
         assert (await vllm_backend.ready())[0]
         got = await vllm_backend.score_texts(texts)
