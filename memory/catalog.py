@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from memory.catalog_schema import SCHEMA, summaries, users
 from memory.generations import ForgetGenerations
 from rapport.core.database import Database
-from rapport.core.migrations import ensure
+from rapport.core.migrations import open_store
 
 
 @dataclass(slots=True)
@@ -88,17 +88,9 @@ class Catalog:
     def __init__(
         self, database: Database | Path | str, *, cache_summaries: bool | None = None, migrate: bool = True
     ) -> None:
-        # A path is the embedded convenience for tools and benches: the catalog then owns that SQLite file.
-        self._owns_db = not isinstance(database, Database)
-        self._db = database if isinstance(database, Database) else Database.sqlite(database)
+        self._db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         # The per-user forget generations live in the catalog's database (memory/generations.py).
         self.generations = ForgetGenerations(self._db)
-        try:
-            ensure(self._db, SCHEMA, migrate_on_start=migrate)
-        except BaseException:
-            if self._owns_db:
-                self._db.close()
-            raise
         # The latest summary per (tenant, user, task) is read on every request. Embedded, this process is the
         # database's only writer, so it is kept in memory. Shared, another replica may write or forget it at
         # any moment, so it is read from the database each time (one primary-key lookup): a cached summary

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from memory.job_schema import ACTIVE_DEDUPE, SCHEMA, jobs
 from memory.job_table import NOW, Job, JobStatus, JobTable, store_text, to_job
 from rapport.core.database import Database
-from rapport.core.migrations import ensure
+from rapport.core.migrations import open_store
 
 __all__ = ["ForgetHook", "Handler", "Job", "JobCancelled", "JobQueue", "JobStatus", "Progress"]
 
@@ -101,12 +101,10 @@ class JobQueue:
         exclusive: bool | None = None,
     ) -> None:
         # A path is the embedded convenience for tools and benches: the queue then owns that SQLite file.
-        self._owns_db = not isinstance(database, Database)
+        self.db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         # Exclusive: no other process uses this database (the embedded store, held under the data dir's lock),
         # so a job `running` at start is an orphan of a crash and resumes at once instead of after its lease.
         self._exclusive = self._owns_db if exclusive is None else exclusive
-        self.db = database if isinstance(database, Database) else Database.sqlite(database)
-        ensure(self.db, SCHEMA, migrate_on_start=migrate)
         self.replica_id = replica_id or default_replica_id()
         self._workers = workers
         self._max_attempts = max_attempts

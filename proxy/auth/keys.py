@@ -27,7 +27,7 @@ from sqlalchemy.engine import Row
 from proxy.auth.key_schema import SCHEMA, api_keys
 from proxy.settings import AuthSettings
 from rapport.core.database import Database
-from rapport.core.migrations import ensure
+from rapport.core.migrations import open_store
 
 KEY_PREFIX = "rk-"
 CACHE_TTL_S = 5.0
@@ -86,15 +86,7 @@ class KeyStore:
         cache_ttl_s: float = CACHE_TTL_S,
         migrate: bool = True,
     ) -> None:
-        # A path is the embedded convenience for tools and tests: the store then owns that SQLite file.
-        self._owns_db = not isinstance(database, Database)
-        self._db = database if isinstance(database, Database) else Database.sqlite(database)
-        try:
-            ensure(self._db, SCHEMA, migrate_on_start=migrate)
-        except BaseException:
-            if self._owns_db:
-                self._db.close()
-            raise
+        self._db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         self._ttl = cache_ttl_s
         self._cache_lock = threading.Lock()
         # Static keys from config live in memory only: they are never written to disk.

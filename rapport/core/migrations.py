@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -169,3 +170,20 @@ def ensure(db: Database, schema: Schema, *, migrate_on_start: bool = True) -> No
             f"the {schema.component} schema is at version {current.current}, this Rapport needs "
             f"{schema.latest}: run `rapport db upgrade` (database.migrate_on_start is off)"
         )
+
+
+def open_store(database: Database | Path | str, schema: Schema, *, migrate: bool = True) -> tuple[Database, bool]:
+    """A store's database with its schema ensured, and whether the store owns it.
+
+    A path is the embedded convenience for tools and tests: the store then owns that SQLite file and closes
+    it (here too, when the schema cannot be ensured). A `Database` belongs to the server's `Databases`.
+    """
+    owned = not isinstance(database, Database)
+    db = database if isinstance(database, Database) else Database.sqlite(Path(database))
+    try:
+        ensure(db, schema, migrate_on_start=migrate)
+    except BaseException:
+        if owned:
+            db.close()
+        raise
+    return db, owned

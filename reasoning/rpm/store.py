@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
 from rapport.core.database import Database
-from rapport.core.migrations import ensure
+from rapport.core.migrations import open_store
 from reasoning.rpm.models import Factor, FactorStats, Feature, HistoryEntry, ReasoningPath, StoredFeature
 from reasoning.rpm.store_schema import SCHEMA, TABLES
 
@@ -49,9 +49,7 @@ def _feature(row: RowMapping) -> StoredFeature:
 class RPMStore:
     def __init__(self, database: Database | Path | str, *, migrate: bool = True) -> None:
         # A path is the embedded convenience for tools, benches and tests: the store then owns that SQLite file.
-        self._owns_db = not isinstance(database, Database)
-        self.db = database if isinstance(database, Database) else Database.sqlite(Path(database))
-        ensure(self.db, SCHEMA, migrate_on_start=migrate)
+        self.db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         t = TABLES[self.db.dialect]
         self._entries, self._features, self._factors, self._paths, self._builds = (
             t.entries, t.features, t.factors, t.paths, t.builds,

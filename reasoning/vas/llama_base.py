@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from reasoning.vas.backends import _common_len
 from reasoning.vas.base_lm import Block, CallStats, Messages, TokenChoice, _top_k
 
 T = TypeVar("T")
@@ -30,14 +31,6 @@ T = TypeVar("T")
 _EOG_TEXTS = (b"<|im_end|>", b"<|endoftext|>", b"<|eot_id|>", b"<|end|>", b"</s>")
 # A UTF-8 character is at most 4 bytes: a byte token never needs more than 3 more tokens to complete it.
 _MAX_COMPLETION = 3
-
-
-def _common_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _log_softmax(logits: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from rapport.core.database import Database
-from rapport.core.migrations import ensure
+from rapport.core.migrations import open_store
 from reasoning.vas.store_schema import SCHEMA, vas_profiles
 
 
@@ -34,9 +34,7 @@ def _scope(tenant: str, user: str) -> sa.ColumnElement[bool]:
 class ProfileStore:
     def __init__(self, database: Database | Path | str, *, migrate: bool = True) -> None:
         # A path is the embedded convenience for tools and tests: the store then owns that SQLite file.
-        self._owns_db = not isinstance(database, Database)
-        self.db = database if isinstance(database, Database) else Database.sqlite(Path(database))
-        ensure(self.db, SCHEMA, migrate_on_start=migrate)
+        self.db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
 
     def get(self, tenant: str, user: str) -> Profile | None:
         t = vas_profiles

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Row
 
 from proxy.entrypoints.responses.store_schema import SCHEMA, responses
 from rapport.core.database import Database
-from rapport.core.migrations import ensure
+from rapport.core.migrations import open_store
 
 # Anonymous requests (no user named) keep their responses under this user key, per tenant.
 ANONYMOUS = ""
@@ -60,10 +60,8 @@ class SqlResponseStore:
 
     def __init__(self, database: Database | Path | str, retention_s: float, *, migrate: bool = True) -> None:
         # A path is the embedded convenience for tools and tests: the store then owns that SQLite file.
-        self._owns_db = not isinstance(database, Database)
-        self.db = database if isinstance(database, Database) else Database.sqlite(Path(database))
+        self.db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         self._retention_s = retention_s
-        ensure(self.db, SCHEMA, migrate_on_start=migrate)
 
     def _cutoff(self) -> float:
         return time.time() - self._retention_s
