@@ -72,6 +72,13 @@ class ModelEntry(BaseModel):
     litellm_params: LiteLLMParams
     fallbacks: list[str] = Field(default_factory=list)
     personalization: PersonalizationDefaults = Field(default_factory=PersonalizationDefaults)
+    # How /v1/responses reaches this deployment. "bridge": translated to chat completions, which every
+    # upstream speaks. "passthrough": sent as a Responses request to the upstream's own /v1/responses
+    # (OpenAI, recent vLLM), with Rapport still owning ids and conversation state. Bridge is the default
+    # and there is no "auto": nothing in the model string or base URL says whether a server speaks
+    # /v1/responses (llama.cpp and many vLLM deployments answer it 404), so only the operator can tell,
+    # and a wrong guess would fail every request instead of merely translating it.
+    responses: Literal["bridge", "passthrough"] = "bridge"
 
     def is_openai_compatible(self) -> bool:
         """True when the deployment speaks OpenAI's wire format at a known base (the fast path's condition)."""
