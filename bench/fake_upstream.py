@@ -7,6 +7,7 @@ small and as constant as possible and every contender in `bench/overhead.py` pay
 
 Serves `POST /v1/chat/completions` (JSON, or SSE when the body has `"stream": true`, with
 `stream_options.include_usage` honoured and a final `[DONE]`), `GET /v1/models` and `GET /health`.
+`GET /stats` answers how many requests each path got (`{"hits": {path: count}}`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import orjson
 CONTENT = "Hello! This is a fixed answer from the benchmark's fake upstream."
 PIECES = [CONTENT[i : i + 8] for i in range(0, len(CONTENT), 8)]
 KEEP_ALIVE = b"connection: keep-alive\r\n"
+# Requests served per path, read with GET /stats: lets a bench check which upstream route a proxy used
+# (for example that a pass-through model reached /v1/responses rather than being bridged to chat).
+HITS: dict[str, int] = {}
 
 
 def _completion(model: str) -> bytes:
@@ -124,6 +128,10 @@ class FakeUpstream(asyncio.Protocol):
 
     def _handle(self, method: str, path: str, body: bytes) -> None:
         assert self.transport is not None
+        HITS[path] = HITS.get(path, 0) + 1
+        if method == "GET" and path == "/stats":
+            self.transport.write(_response("200 OK", orjson.dumps({"hits": HITS})))
+            return
         if method == "POST" and path.endswith("/chat/completions"):
             try:
                 request = orjson.loads(body)
