@@ -50,6 +50,7 @@ from memory.stores.pg_indexes import (
     index_name,
     quote_literal,
 )
+from memory.stores.pg_lexical import add_lexical_columns
 from rapport.core.database import Database
 from rapport.core.migrations import Migration, Schema, ensure, register
 
@@ -94,6 +95,13 @@ def _migration_1(conn: Connection, db: Database) -> None:
         _create_schema(conn, db)
 
 
+def _migration_2(conn: Connection, db: Database) -> None:
+    # Full-text search over the items (memory/stores/pg_lexical.py). Adding a stored generated column rewrites
+    # the table once, under an exclusive lock: existing rows get their lexemes in the same migration.
+    if db.is_postgres:
+        add_lexical_columns(conn, TABLE)
+
+
 SCHEMA = register(
     Schema(
         "memory_vectors",
@@ -102,6 +110,7 @@ SCHEMA = register(
             Migration(
                 1, "memory items with pgvector embeddings, keyed by (tenant, user_id, id)", _migration_1
             ),
+            Migration(2, "full-text lexemes of the memory items (generated tsvector, GIN index)", _migration_2),
         ),
     )
 )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,13 +25,15 @@ from memory.embedding import Embedder, Vectors
 from memory.generations import admitted
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
-from memory.lexical import LexicalIndex, SqliteLexicalIndex
+from memory.lexical import LexicalHit, LexicalIndex, SqliteLexicalIndex
 from memory.llm import ChatLLM
+from memory.pg_store import TABLE as PG_TABLE
 from memory.pg_store import PgVectorStore
 from memory.redact import Redactor, regex_redactor
 from memory.retrieval import fetch_hits, fuse, mmr, score
 from memory.store import Hit, MemoryStore
 from memory.stores.choose import open_store
+from memory.stores.pg_lexical import PgLexicalIndex
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
 from memory.writer import IngestWriter
 from rapport.core.database import Database
@@ -54,6 +56,9 @@ class MemoryOptions(BaseModel):
     # Hybrid (BM25 + dense) retrieval and conversation neighbours; None: the server's setting.
     lexical: bool | None = None
     neighbours: bool | None = None
+    # How lexical matches are ranked where the index offers a choice (PostgreSQL: bm25 or ts_rank_cd; the
+    # embedded FTS5 index ranks by bm25 only); None: the index's default. Reported as `lexical_rank`.
+    lexical_rank: Literal["bm25", "ts_rank_cd"] | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +78,7 @@ class Retrieval:
     # Hybrid retrieval: whether the lexical index was asked, and how many candidates it matched.
     lexical: bool = False
     lexical_matches: int = 0
+    lexical_rank: str | None = None
     # Conversation neighbours of the retrieved items that made it into the block (not counted in `items`).
     neighbours: list[MemoryItem] = field(default_factory=list)
     # The user's forget generation when the request started: its recording writes nothing if a forget came
@@ -92,6 +98,7 @@ class Retrieval:
             "search_ms": round(self.search_ms, 3),
             "lexical": self.lexical,
             "lexical_matches": self.lexical_matches,
+            "lexical_rank": self.lexical_rank,
             "neighbours": len(self.neighbours),
             "neighbour_ids": [it.id for it in self.neighbours],
         }
@@ -133,6 +140,9 @@ class MemoryService:
             dim = embedder.dim if shared_db is not None and settings.store == "embedded" else None
             store = open_store(settings, root, shared_db=shared_db, dim=dim, migrate=migrate)
         self.store: MemoryStore = store
+        if self.lexical is None and isinstance(store, PgVectorStore):
+            # Shared state: full-text search in the same PostgreSQL table, nothing per user in the process.
+            self.lexical = PgLexicalIndex(store.db, PG_TABLE)
         # The catalog's database comes from the builder (shared PostgreSQL, or the embedded file of the
         # `memory/catalog` store); without one, the service opens today's file under the data dir itself.
         self.catalog = Catalog(catalog_db if catalog_db is not None else root / "catalog.sqlite3", migrate=migrate)
@@ -312,7 +322,9 @@ class MemoryService:
         if vector is not None and k > 0:
             n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
             if use_lexical:
-                hits, lexical_scores = await self._hybrid_candidates(tenant, user, query, vector, n)
+                hits, lexical_scores = await self._hybrid_candidates(
+                    tenant, user, query, vector, n, options.lexical_rank
+                )
             else:
                 hits = await self._io(self.store.query, tenant, user, vector, n)
         searched = time.perf_counter()
@@ -355,6 +367,7 @@ class MemoryService:
             summary_skipped=summary_skipped,
             lexical=use_lexical and vector is not None,
             lexical_matches=len(lexical_scores),
+            lexical_rank=self._rank_used(options.lexical_rank) if use_lexical and vector is not None else None,
             neighbours=list(composed.neighbours),
         )
         result.ms = (time.perf_counter() - started) * 1000.0
@@ -362,15 +375,22 @@ class MemoryService:
         result.search_ms = (searched - embedded) * 1000.0
         return result
 
+    def _rank_used(self, asked: str | None) -> str:
+        ranks: tuple[str, ...] = getattr(self.lexical, "ranks", ("bm25",))
+        return asked if asked in ranks else str(getattr(self.lexical, "rank", ranks[0]))
+
     async def _hybrid_candidates(
-        self, tenant: str, user: str, query: str, vector: Vectors, n: int
+        self, tenant: str, user: str, query: str, vector: Vectors, n: int, rank: str | None = None
     ) -> tuple[list[Hit], dict[str, float]]:
-        """Dense and lexical candidates together (each with its cosine), and the lexical ones' BM25 scores."""
+        """Dense and lexical candidates together (each with its cosine), and the lexical ones' scores."""
         assert self.lexical is not None
         n_lexical = self.settings.lexical_candidates or n
+        search: Callable[..., list[LexicalHit]] = self.lexical.search
+        if rank is not None and rank in getattr(self.lexical, "ranks", ()):
+            search = partial(search, rank=rank)
         hits, matched = await asyncio.gather(
             self._io(self.store.query, tenant, user, vector, n),
-            self._io(self.lexical.search, tenant, user, query, n_lexical),
+            self._io(search, tenant, user, query, n_lexical),
         )
         known = {h.item.id for h in hits}
         missing = [m.id for m in matched if m.id not in known]
