@@ -30,7 +30,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -41,13 +41,18 @@ from sqlalchemy.engine import Connection, RowMapping
 from memory.job_schema import ACTIVE_DEDUPE, SCHEMA, jobs
 from memory.job_table import NOW, Job, JobStatus, JobTable, store_text, to_job
 from rapport.core.database import Database
+from rapport.core.forget_log import SCHEMA as FORGET_LOG_SCHEMA
+from rapport.core.forget_log import ForgetLog, LoggedForget
 from rapport.core.migrations import open_store
+from rapport.core.userdata import Counts, UserDataRegistry, user_digest
 
 __all__ = ["ForgetHook", "Handler", "Job", "JobCancelled", "JobQueue", "JobStatus", "Progress"]
 
 log = logging.getLogger("rapport.jobs")
 
 ForgetHook = Callable[[str, str], Awaitable[Any]]
+# (tenant, user) pairs; an alias because `JobQueue.list` hides the builtin inside the class.
+UserKeys = list[tuple[str, str]]
 T = TypeVar("T")
 
 
@@ -69,6 +74,27 @@ class Progress(Protocol):
 
 Handler = Callable[["Job", Progress], Awaitable[None]]
 
+
+
+class _ForgetOnly:
+    """A store registered through `on_forget`: forgotten with the rest, nothing to export or import."""
+
+    def __init__(self, name: str, hook: ForgetHook) -> None:
+        self.name = name
+        self._hook = hook
+
+    async def forget(self, tenant: str, user: str) -> Counts:
+        result: Counts = await self._hook(tenant, user)
+        return result
+
+    async def export(self, tenant: str, user: str) -> Any:
+        return None
+
+    async def import_(self, tenant: str, user: str, data: Any) -> Counts:
+        return {}
+
+    async def owners(self, tenant: str) -> set[str]:
+        return set()
 
 
 def default_replica_id() -> str:
@@ -112,7 +138,16 @@ class JobQueue:
         self.lease_s = lease_s
         self._table = JobTable(self.db, replica_id=self.replica_id, lease_s=lease_s, retry_backoff_s=retry_backoff_s)
         self._handlers: dict[str, Handler] = {}
-        self._forget_hooks: dict[str, ForgetHook] = {}
+        # Every store holding per-user data registers its forget, export and import here
+        # (rapport/core/userdata.py); a forget logs itself first, in the queue's database (forget_log.py).
+        self.userdata = UserDataRegistry()
+        try:
+            open_store(self.db, FORGET_LOG_SCHEMA, migrate=migrate)
+        except BaseException:
+            if self._owns_db:
+                self.db.close()
+            raise
+        self.forget_log = ForgetLog(self.db)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: asyncio.Event | None = None
         self._running: dict[str, _Running] = {}
@@ -125,8 +160,9 @@ class JobQueue:
         self._handlers[kind] = handler
 
     def on_forget(self, name: str, hook: ForgetHook) -> None:
-        """Register `async hook(tenant, user)`, called by `forget_user` (each store removes its own data)."""
-        self._forget_hooks[name] = hook
+        """Register a forget without export or import. Prefer `userdata.register(part)`: a store registered
+        only here is left out of the export, and the registry's isolation test reports it."""
+        self.userdata.register(_ForgetOnly(name, hook))
 
     @property
     def kinds(self) -> list[str]:
@@ -241,12 +277,32 @@ class JobQueue:
                 self._lose(running, "its user was forgotten")
         return count
 
-    async def forget_user(self, tenant: str, user: str) -> dict[str, Any]:
-        """Delete the user's jobs and run every registered forget hook; returns what each removed."""
+    async def forget_user(self, tenant: str, user: str, *, log: bool = True) -> dict[str, Any]:
+        """Log the forget, delete the user's jobs and run every registered part's forget; what each removed.
+
+        Logged first and committed: a forget that fails half-way is still in the log, and a replay finishes it."""
+        if log:
+            await self.db.run(self.forget_log.append, tenant, user)
         report: dict[str, Any] = {"jobs": await self.delete_for_user(tenant, user)}
-        for name, hook in list(self._forget_hooks.items()):
-            report[name] = await hook(tenant, user)
+        report.update(await self.userdata.forget(tenant, user))
         return report
+
+    async def replay_forgets(self, entries: Sequence[LoggedForget]) -> UserKeys:
+        """Forget again the users of logged forgets that the stores hold (after a restore from a backup older
+        than them); the (tenant, user) pairs forgotten. Users are found by digest among each part's owners."""
+        done: UserKeys = []
+        wanted: dict[str, set[str]] = {}
+        for entry in entries:
+            wanted.setdefault(entry.tenant, set()).add(entry.user_digest)
+        for tenant, digests in wanted.items():
+            owners: set[str] = set()
+            for part in self.userdata.parts():
+                owners |= await part.owners(tenant)
+            for user in sorted(owners):
+                if user_digest(tenant, user) in digests:
+                    await self.forget_user(tenant, user, log=False)
+                    done.append((tenant, user))
+        return done
 
     # -- consumer side ------------------------------------------------------------------------------
 

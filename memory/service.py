@@ -35,6 +35,7 @@ from memory.store import Hit, MemoryStore
 from memory.stores.choose import open_store
 from memory.stores.pg_lexical import PgLexicalIndex
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
+from memory.userdata import MemoryUserData
 from memory.writer import IngestWriter
 from rapport.core.database import Database
 from rapport.core.messages import append_system, last_user_text
@@ -163,7 +164,9 @@ class MemoryService:
         self._closed = False
         if llm_factory is not None:
             jobs.register(SUMMARY_JOB, make_handler(self, llm_factory))  # type: ignore[arg-type]
-        jobs.on_forget("memory", self._forget_stores)
+        # Memory's forget, export and import, in the registry every store holding user data registers in.
+        self.userdata = MemoryUserData(self)
+        jobs.userdata.register(self.userdata)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -527,57 +530,22 @@ class MemoryService:
     # -- export / import / forget -------------------------------------------------------------------
 
     async def export(self, tenant: str, user: str) -> dict[str, Any]:
-        items = await self.items(tenant, user)
-        summaries = await self.summaries(tenant, user)
+        """Memory's own document (`rapport.memory.v1`); the admin export is the registry's, memory a section."""
         return {
             "format": "rapport.memory.v1",
             "tenant": tenant,
             "user": user,
             "exported_at": time.time(),
-            "items": [it.to_dict() for it in items],
-            "summaries": [s.to_dict() for s in summaries],
+            **await self.userdata.export(tenant, user),
         }
 
     async def import_user(self, tenant: str, user: str, data: dict[str, Any]) -> dict[str, int]:
         """Import items and summaries into (tenant, user), whatever ids the export came from."""
-        items = []
-        for raw in data.get("items", []):
-            fields = {k: raw.get(k) for k in ("text", "role", "ts", "conversation_id", "model", "task")}
-            fields["ts"] = float(fields["ts"] or time.time())
-            fields["role"] = fields["role"] or "user"
-            items.append(MemoryItem(tenant=tenant, user=user, source="import", **fields))
-        stored = await self.ingest(items) if items else []
-        await self._sync_count(tenant, user)
-        count = 0
-        for raw in data.get("summaries", []):
-            await self._io(self.catalog.touch, tenant, user, 0)
-            summary = Summary(
-                tenant,
-                user,
-                str(raw["task"]),
-                int(raw["version"]),
-                str(raw["text"]),
-                int(raw.get("item_count") or 0),
-                raw.get("model"),
-                float(raw.get("created_at") or time.time()),
-            )
-            await self._io(self.catalog.import_summary, summary)
-            count += 1
-        return {"items": len(stored), "duplicates": len(items) - len(stored), "summaries": count}
+        return await self.userdata.import_(tenant, user, data)
 
     async def forget(self, tenant: str, user: str) -> dict[str, Any]:
         """Remove the user everywhere: jobs, then every registered store (memory's own included)."""
         return await self.jobs.forget_user(tenant, user)
-
-    async def _forget_stores(self, tenant: str, user: str) -> dict[str, int]:
-        # First, committed before anything is deleted: from here on every write begun before this forget
-        # writes nothing (memory/generations.py), so nothing the deletes below miss can come back.
-        await self._io(self.catalog.generations.bump, tenant, user)
-        items = await self._io(self.store.delete_user, tenant, user)
-        if self.lexical is not None:
-            await self._io(self.lexical.delete_user, tenant, user)
-        report = await self._io(self.catalog.forget, tenant, user)
-        return {"items": items, **report}
 
 
 def _matches(item: MemoryItem, where: dict[str, Any] | None) -> bool:

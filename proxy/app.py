@@ -24,7 +24,7 @@ from proxy.entrypoints.health.api_router import router as health_router
 from proxy.entrypoints.models.api_router import router as models_router
 from proxy.entrypoints.responses.api_router import router as responses_router
 from proxy.entrypoints.responses.serving import ResponsesServing
-from proxy.entrypoints.responses.store import SqlResponseStore
+from proxy.entrypoints.responses.store import SqlResponseStore, responses_part
 from proxy.entrypoints.responses.store_schema import STORE as RESPONSES_STORE
 from proxy.errors import InvalidRequest, NotFound, RapportError, ServiceUnavailable
 from proxy.looplag import LoopLagMonitor
@@ -126,8 +126,8 @@ def create_app(settings: RapportSettings, plugins: tuple[str, ...] = DEFAULT_PLU
         ),
     )
     if services.jobs is not None:
-        # Forgetting a user removes their stored responses with the rest of what Rapport keeps about them.
-        services.jobs.on_forget("responses", responses.forget)
+        # Stored responses are forgotten, exported and imported with the rest of what Rapport keeps of a user.
+        services.jobs.userdata.register(responses_part(services.databases.for_store(RESPONSES_STORE)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -316,6 +316,7 @@ SCHEMA_MODULES = (
     "reasoning.rpm.store_schema",
     "reasoning.vas.store_schema",
     "proxy.entrypoints.responses.store_schema",
+    "rapport.core.forget_log",
     # PostgreSQL only (pgvector): skipped on the embedded default.
     "memory.pg_store",
 )
@@ -359,6 +360,40 @@ def db_upgrade(config: ConfigOption = None) -> None:
             out.print(f"{schema.component}: {state}")
     finally:
         databases.close()
+
+
+@db_app.command("forget-log")
+def db_forget_log(
+    since: Annotated[float, typer.Option(help="Unix time: forgets logged at or after it.")] = 0.0,
+    config: ConfigOption = None,
+) -> None:
+    """Print the forget log (one JSON line per forget: tenant, user digest, time); save it before a restore."""
+    from proxy.forget_replay import log_lines, saved_log
+
+    for line in log_lines(saved_log(_settings(config), since)):
+        out.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+@db_app.command("replay-forgets")
+def db_replay_forgets(
+    since: Annotated[float, typer.Option(help="Unix time of the backup restored: forgets after it are replayed.")],
+    log: Annotated[Path | None, typer.Option(help="A log saved by `rapport db forget-log` before the restore.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """After a restore from a backup taken before some forgets: forget those users again (stop the server first
+    on the embedded default)."""
+    from proxy.datadir_lock import DataDirInUse
+    from proxy.forget_replay import read_log, replay
+
+    settings = _settings(config)
+    try:
+        saved = read_log(log) if log is not None else None
+        report = replay(settings, since, saved)
+    except (DataDirInUse, ValueError, OSError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"{report.logged} forgets logged since {since} ({report.restored} put back from {log}); "
+              f"{len(report.forgotten)} users held by the restored stores forgotten again")
 
 
 @db_app.command("migrate")

@@ -48,6 +48,8 @@ class AsyncUsers(_AsyncNamespace):
         return Forgotten.model_validate(await self._run(b.users_forget(user, self._tenant(tenant))))
 
     async def export(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        """Everything Rapport keeps of the user: `{"format": "rapport.user.v2", "parts": {store: section}}`
+        (memory, rpm, vas, responses, ...); `import_` takes it back, as it takes the older memory-only document."""
         data: dict[str, Any] = await self._run(b.users_export(user, self._tenant(tenant)))
         return data
 

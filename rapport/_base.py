@@ -94,7 +94,11 @@ def users_export(user: str, tenant: str) -> Call:
 
 
 def users_import(user: str, data: dict[str, Any], tenant: str) -> Call:
-    body = {"items": data.get("items", []), "summaries": data.get("summaries", [])}
+    # A `rapport.user.v2` export (a section per store) goes as it is; a memory-only one as its items and summaries.
+    if "parts" in data:
+        body = {"format": data.get("format", "rapport.user.v2"), "parts": data["parts"]}
+    else:
+        body = {"items": data.get("items", []), "summaries": data.get("summaries", [])}
     return Call("POST", f"/admin/users/{seg(user)}/import", {"tenant": tenant}, body)
 
 

@@ -47,6 +47,8 @@ class Users(_Namespace):
         return Forgotten.model_validate(self._run(b.users_forget(user, self._tenant(tenant))))
 
     def export(self, user: str, *, tenant: str | None = None) -> dict[str, Any]:
+        """Everything Rapport keeps of the user: `{"format": "rapport.user.v2", "parts": {store: section}}`
+        (memory, rpm, vas, responses, ...); `import_` takes it back, as it takes the older memory-only document."""
         data: dict[str, Any] = self._run(b.users_export(user, self._tenant(tenant)))
         return data
 

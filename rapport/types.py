@@ -103,9 +103,13 @@ class JobList(_Model):
 
 
 class ImportResult(_Model):
+    # Memory's counts.
     items: int
     duplicates: int
     summaries: int
+    # What each store's section imported, and why one failed (the others were still imported).
+    parts: dict[str, dict[str, int]] = {}
+    errors: dict[str, str] = {}
 
 
 class Forgotten(_Model):

@@ -137,7 +137,10 @@ class RPMPlugin:
         self._owns_jobs = owns_jobs
         self._stage = RPMStage(self)
         services.jobs.register(JOB_KIND, self._run_job)
-        services.jobs.on_forget("rpm", self._forget)
+        # RPM's forget, export and import (every table of its store) in the user-data registry.
+        from reasoning.rpm.userdata import rpm_part
+
+        services.jobs.userdata.register(rpm_part(engine))
 
     def stages(self) -> list[Any]:
         return [self._stage]
@@ -175,9 +178,6 @@ class RPMPlugin:
             progress=report,
         )
         await progress(1.0, f"{result.extracted} extracted, {result.skipped} skipped, {result.factors} factors")
-
-    async def _forget(self, tenant: str, user: str) -> dict[str, int]:
-        return {"entries": await self.engine.forget(tenant, user)}
 
 
 def rpm_store(services: Services) -> RPMStore:

@@ -236,8 +236,11 @@ class VASPlugin:
         settings = services.settings
         self.engine = VASEngine(settings.vas, settings.data_dir / "vas", profile_store(services))
         self._stage = VASStage(self)
-        if services.jobs is not None and hasattr(services.jobs, "on_forget"):
-            services.jobs.on_forget("vas", self._forget)
+        if services.jobs is not None and hasattr(services.jobs, "userdata"):
+            # VAS profiles' forget, export and import in the user-data registry.
+            from reasoning.vas.userdata import vas_part
+
+            services.jobs.userdata.register(vas_part(self.engine.store))
 
     def stages(self) -> list[Any]:
         return [self._stage]
@@ -257,9 +260,6 @@ class VASPlugin:
         if not self.engine.settings.value_models:
             return True, "no value models configured"
         return await self.engine.ready()
-
-    async def _forget(self, tenant: str, user: str) -> dict[str, int]:
-        return {"profiles": await asyncio.to_thread(self.engine.store.delete, tenant, user)}
 
 
 def build(services: Services) -> Plugin | None:

@@ -5,7 +5,7 @@ RPM history imports that are built into features, factors and reasoning paths, V
 forgets over two tenants x two user ids (the same ids in both tenants). Every text carries a unique marker
 (and every VAS profile unique numbers); the invariant: no marker of one (tenant, user) ever appears in
 another's composed prompt (memory block and RPM conditioning alike), semantic search, memory list, export
-(items and summaries), RPM history, features, factors or paths, or the tenant's user list; each user's VAS
+(items and summaries, and every other store's section), RPM history, features, factors or paths, or the tenant's user list; each user's VAS
 profile is exactly the last one set for that user; and each user's own data is all there (nothing lost,
 nothing forgotten comes back).
 
@@ -246,11 +246,14 @@ class World:
             assert seen["memory list"] == self.live.get(owner, set()), (owner, seen["memory list"])
             response = self.admin("GET", f"{user}/export", tenant)
             assert response.status_code in (200, 404), response.text
-            export = response.json() if response.status_code == 200 else {"items": [], "summaries": []}
+            empty = {"parts": {"memory": {"items": [], "summaries": []}}}
+            export = response.json() if response.status_code == 200 else empty
             if response.status_code == 404:
                 assert not self.live.get(owner), f"{owner}: export is 404 but items are live"
-            seen["export"] = set(MARKER.findall(str(export["items"])))
-            seen["summaries"] = set(MARKER.findall(str(export["summaries"])))
+            seen["export"] = set(MARKER.findall(str(export["parts"]["memory"]["items"])))
+            seen["summaries"] = set(MARKER.findall(str(export["parts"]["memory"]["summaries"])))
+            # Every store's section of the export (the user-data registry's parts), not memory's alone.
+            seen["export, every part"] = set(MARKER.findall(str(export["parts"])))
             for what in ("history", "features", "factors", "paths"):
                 seen[f"rpm {what}"] = self.rpm_view(tenant, user, what)
             # Every built entry is there: its input in the history, its response in a path.

@@ -132,7 +132,7 @@ def test_two_replicas_share_memory_and_a_forget_on_one_empties_the_other(
         assert r.status_code == 200, r.text
         assert texts(a, "sam", q="which city is home", limit=1) == ["I live in Lisbon."]
         assert sorted(texts(a, "sam")) == sorted([PREFERENCE, "I live in Lisbon.", "I play the cello."])
-        assert no_5xx(a.get("/admin/users/sam/export", params={"tenant": TENANT})).json()["items"]
+        assert no_5xx(a.get("/admin/users/sam/export", params={"tenant": TENANT})).json()["parts"]["memory"]["items"]
 
         # Forget on B: nothing of sam on A (or B), through any door, at once and for a while.
         r = no_5xx(b.delete("/admin/users/sam", params={"tenant": TENANT}))

@@ -200,9 +200,6 @@ class ResponsesServing:
         # GET and DELETE carry no body: the user comes from the header or the key's bound user.
         return resolve_user(request.headers, dict(request.query_params), principal) or ANONYMOUS
 
-    async def forget(self, tenant: str, user: str) -> dict[str, int]:
-        return {"responses": await asyncio.to_thread(self.store.forget_user, tenant, user)}
-
 
 class _Turn:
     """What one /v1/responses call carries from its start to its stored end."""

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Row
 from proxy.entrypoints.responses.store_schema import SCHEMA, responses
 from rapport.core.database import Database
 from rapport.core.migrations import open_store
+from rapport.core.userdata import TablesPart
 
 # Anonymous requests (no user named) keep their responses under this user key, per tenant.
 ANONYMOUS = ""
@@ -121,3 +122,9 @@ class SqlResponseStore:
 def _row(row: Row[Any]) -> StoredResponse:
     return StoredResponse(row.id, row.tenant, row.user, row.created_at, orjson.loads(row.response),
                           orjson.loads(row.history))
+
+
+def responses_part(db: Database) -> TablesPart:
+    """Stored responses in the user-data registry: forgotten, exported and imported with the rest of the user.
+    Rows are keyed by (tenant, user, id): an import writes each response under its id for the target user."""
+    return TablesPart("responses", db, {"responses": responses})

@@ -106,11 +106,11 @@ def build_memory_router(plugin: MemoryPlugin) -> APIRouter:
     ) -> JobIds:
         return JobIds(job_ids=await admin.regenerate(tenant, user, body.task if body else None))
 
-    @router.get("/{user}/export", response_model=UserExport, summary="Export a user's memory as JSON")
+    @router.get("/{user}/export", response_model=UserExport, summary="Export everything kept of a user (a section per store) as JSON")
     async def export(user: User, tenant: Tenant = "default") -> UserExport:
         return await admin.export(tenant, user)
 
-    @router.post("/{user}/import", response_model=ImportResult, status_code=201, summary="Import an export")
+    @router.post("/{user}/import", response_model=ImportResult, status_code=201, summary="Import an export (v2, or the memory-only v1)")
     async def import_(user: User, body: UserImport, tenant: Tenant = "default") -> ImportResult:
         return await admin.import_(tenant, user, body)
 

@@ -134,26 +134,55 @@ class ExportSummary(BaseModel):
     user: str | None = None
 
 
-class UserExport(BaseModel):
-    format: Literal["rapport.memory.v1"] = "rapport.memory.v1"
-    tenant: str
-    user: str
-    exported_at: float
-    items: list[ExportItem]
-    summaries: list[ExportSummary]
+class MemorySection(BaseModel):
+    """Memory's section of a user export: the shape of `rapport.memory.v1`'s items and summaries."""
 
-
-class UserImport(BaseModel):
-    format: Literal["rapport.memory.v1"] = "rapport.memory.v1"
     items: list[ExportItem] = Field(default_factory=list, max_length=100_000)
     summaries: list[ExportSummary] = Field(default_factory=list)
 
 
+class UserExport(BaseModel):
+    """Everything Rapport keeps of one user: one section per registered store (memory, rpm, vas, responses,
+    and any store added later), each in that store's own shape."""
+
+    format: Literal["rapport.user.v2"] = "rapport.user.v2"
+    version: Literal[2] = 2
+    tenant: str
+    user: str
+    exported_at: float
+    parts: dict[str, Any]
+
+
+class UserImport(BaseModel):
+    """An export to import: the `rapport.user.v2` document (`parts`), or today's memory-only
+    `rapport.memory.v1` document (`items`, `summaries`), which is memory's section."""
+
+    format: Literal["rapport.memory.v1", "rapport.user.v2"] | None = None
+    version: int | None = None
+    items: list[ExportItem] = Field(default_factory=list, max_length=100_000)
+    summaries: list[ExportSummary] = Field(default_factory=list)
+    parts: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The document the registry imports: a v2 one with memory's section checked by its schema here."""
+        if self.parts is None and self.format != "rapport.user.v2":
+            return {"format": "rapport.memory.v1", **MemorySection(items=self.items, summaries=self.summaries).model_dump()}
+        parts = dict(self.parts or {})
+        if parts.get("memory") is not None:
+            parts["memory"] = MemorySection.model_validate(parts["memory"]).model_dump()
+        return {"format": "rapport.user.v2", "parts": parts}
+
+
 class ImportResult(BaseModel):
     object: Literal["memory.import"] = "memory.import"
+    # Memory's counts, as before the other stores had sections.
     items: int
     duplicates: int
     summaries: int
+    # What each part imported, and why a part failed (the others are still imported; a part's own section
+    # is written in one transaction where its store has one, so a failed one leaves nothing half-written).
+    parts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    errors: dict[str, str] = Field(default_factory=dict)
 
 
 class Forgotten(BaseModel):

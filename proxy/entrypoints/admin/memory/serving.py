@@ -6,6 +6,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from memory.items import MemoryItem
 from memory.jobs import Job, JobQueue
 from proxy.entrypoints.admin.memory.protocol import (
@@ -28,6 +30,7 @@ from proxy.entrypoints.admin.memory.protocol import (
     UserProfile,
 )
 from proxy.errors import InvalidRequest, NotFound
+from rapport.core.userdata import ImportFailed, is_empty
 
 if TYPE_CHECKING:
     from memory.service import MemoryService
@@ -179,13 +182,34 @@ class MemoryAdmin:
         return await self.service.request_summaries(tenant, user, task)
 
     async def export(self, tenant: str, user: str) -> UserExport:
-        await self._require_user(tenant, user)
-        return UserExport.model_validate(await self.service.export(tenant, user))
+        """Every registered store's section; 404 when none of them holds anything of the user."""
+        document = await self.service.jobs.userdata.export(tenant, user)
+        if all(is_empty(section) for section in document["parts"].values()):
+            raise NotFound(f"No data for user {user!r} in tenant {tenant!r}.", param="user")
+        return UserExport.model_validate(document)
 
     async def import_(self, tenant: str, user: str, body: UserImport) -> ImportResult:
-        result = await self.service.import_user(tenant, user, body.model_dump())
+        try:
+            document = body.document()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in ("parts", "memory", *err["loc"]))
+            raise InvalidRequest(f"Invalid value for '{where}': {err['msg']}", param=where) from exc
+        try:
+            imported, errors = await self.service.jobs.userdata.import_(tenant, user, document)
+        except ImportFailed as exc:
+            raise InvalidRequest(str(exc), param="parts") from exc
+        if errors and not imported:
+            # Nothing was imported: the client's document is what failed, named part by part.
+            detail = "; ".join(f"{name}: {why}" for name, why in sorted(errors.items()))
+            raise InvalidRequest(f"Nothing imported: {detail}", param=f"parts.{min(errors)}")
+        memory = imported.get("memory", {})
         return ImportResult(
-            items=result["items"], duplicates=result["duplicates"], summaries=result["summaries"]
+            items=memory.get("items", 0),
+            duplicates=memory.get("duplicates", 0),
+            summaries=memory.get("summaries", 0),
+            parts=imported,
+            errors=errors,
         )
 
     async def forget(self, tenant: str, user: str) -> Forgotten:
