@@ -60,27 +60,25 @@ class AiohttpBackend:
             raise UpstreamFailure(f"upstream timed out after {entry.litellm_params.timeout:g}s", timeout=True) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamFailure(f"cannot reach upstream: {exc.__class__.__name__}") from exc
-        finished = False
+        reader = wire.StreamReader(path)
         try:
             if resp.status >= 400:
                 raise wire.http_failure(resp.status, await resp.read(), resp.headers)
             try:
                 async for line in resp.content:
-                    if finished:
-                        continue  # after [DONE]: read to the end so the connection goes back to the pool
-                    event = wire.sse_event(line)
-                    if event is wire.DONE:
-                        finished = True
-                    elif event is not None:
+                    if reader.finished:
+                        continue  # after the end: read to the end so the connection goes back to the pool
+                    event = reader.read(line)
+                    if event is not None:
                         yield event
             except TimeoutError as exc:
                 raise UpstreamFailure("upstream stream stalled (read timeout)", timeout=True) from exc
             except aiohttp.ClientError as exc:
                 raise UpstreamFailure(f"upstream stream broke: {exc.__class__.__name__}") from exc
-            if not finished:
-                raise UpstreamFailure("upstream stream ended before [DONE]", status=502)
+            if not reader.finished:
+                raise reader.incomplete()
         finally:
-            if finished:
+            if reader.finished:
                 resp.release()
             else:
                 # Unfinished (error, client gone): drop the connection, which is how the upstream learns of it.

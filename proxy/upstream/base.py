@@ -38,7 +38,7 @@ class UpstreamFailure(Exception):
 
 class Backend(Protocol):
     async def request(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a non-streaming request (path: chat/completions, completions, embeddings)."""
+        """POST a non-streaming request (path: chat/completions, completions, embeddings, responses)."""
         ...
 
     def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:

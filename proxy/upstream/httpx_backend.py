@@ -61,22 +61,21 @@ class HttpxBackend:
         try:
             if response.status_code >= 400:
                 raise wire.http_failure(response.status_code, await response.aread(), response.headers)
-            finished = False
+            reader = wire.StreamReader(path)
             lines = response.aiter_lines()
             try:
                 async for line in lines:
-                    event = wire.sse_event(line)
-                    if event is wire.DONE:
-                        finished = True
-                        break
+                    event = reader.read(line)
                     if event is not None:
                         yield event
+                    if reader.finished:
+                        break
             except httpx.TimeoutException as exc:
                 raise UpstreamFailure("upstream stream stalled (read timeout)", timeout=True) from exc
             except httpx.TransportError as exc:
                 raise UpstreamFailure(f"upstream stream broke: {exc.__class__.__name__}") from exc
-            if not finished:
-                raise UpstreamFailure("upstream stream ended before [DONE]", status=502)
+            if not reader.finished:
+                raise reader.incomplete()
             await _drain(lines)
         finally:
             # Closing the response closes the connection, which is how the upstream learns of a cancel.

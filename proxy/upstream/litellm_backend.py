@@ -7,7 +7,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy.settings import ModelEntry
+from proxy.upstream import wire
 from proxy.upstream.base import UpstreamFailure
+from proxy.upstream.wire import RESPONSES_PATH
 
 # litellm fetches a cost map over the network at import unless told otherwise; this machine has no network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -56,11 +58,21 @@ OPENAI_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def _kwargs(entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
+# The same rule for litellm.aresponses (/v1/responses passed through): these are its own arguments.
+RESPONSES_FIELDS = frozenset(
+    {
+        "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
+        "max_output_tokens", "temperature", "top_p", "store", "stream", "metadata", "user", "truncation",
+        "safety_identifier", "service_tier", "prompt_cache_key",
+    }
+)  # fmt: skip
+
+
+def _kwargs(entry: ModelEntry, body: dict[str, Any], fields: frozenset[str] = OPENAI_FIELDS) -> dict[str, Any]:
     params = entry.litellm_params
     kwargs: dict[str, Any] = dict(params.model_extra or {})
-    passthrough = {k: v for k, v in body.items() if k not in OPENAI_FIELDS}
-    kwargs.update({k: v for k, v in body.items() if k in OPENAI_FIELDS})
+    passthrough = {k: v for k, v in body.items() if k not in fields}
+    kwargs.update({k: v for k, v in body.items() if k in fields})
     if passthrough:
         kwargs["extra_body"] = {**(kwargs.get("extra_body") or {}), **passthrough}
     kwargs["model"] = params.model
@@ -86,11 +98,22 @@ def _dump(obj: Any) -> dict[str, Any]:
     return dumped
 
 
+def _dump_json(obj: Any) -> dict[str, Any]:
+    """A Responses object or event as plain JSON values: litellm types its events' `type` as an enum, and
+    its usage field holds a dict where its model declares an object (a warning per dump otherwise)."""
+    if isinstance(obj, dict):
+        return obj
+    dumped: dict[str, Any] = obj.model_dump(mode="json", warnings=False)
+    return dumped
+
+
 class LiteLLMBackend:
     async def request(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> dict[str, Any]:
         lib = _lib()
-        kwargs = _kwargs(entry, body)
+        kwargs = _kwargs(entry, body, RESPONSES_FIELDS if path == RESPONSES_PATH else OPENAI_FIELDS)
         try:
+            if path == RESPONSES_PATH:
+                return _dump_json(await lib.aresponses(**kwargs))
             if path == "chat/completions":
                 result = await lib.acompletion(**kwargs)
             elif path == "completions":
@@ -107,15 +130,19 @@ class LiteLLMBackend:
 
     async def stream(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         lib = _lib()
-        kwargs = _kwargs(entry, body)
+        responses = path == RESPONSES_PATH
+        kwargs = _kwargs(entry, body, RESPONSES_FIELDS if responses else OPENAI_FIELDS)
         kwargs["stream"] = True
         try:
-            if path == "chat/completions":
+            if responses:
+                response = await lib.aresponses(**kwargs)
+            elif path == "chat/completions":
                 response = await lib.acompletion(**kwargs)
             else:
                 response = await lib.atext_completion(**kwargs)
             async for chunk in response:
-                yield _dump(chunk)
+                # Responses events get the fast path's checks: an error or failed event is a failure.
+                yield wire.responses_event(_dump_json(chunk)) if responses else _dump(chunk)
         except UpstreamFailure:
             raise
         except Exception as exc:

@@ -22,6 +22,7 @@ from proxy.upstream.aiohttp_backend import AiohttpBackend
 from proxy.upstream.base import Backend, UpstreamFailure
 from proxy.upstream.httpx_backend import HttpxBackend
 from proxy.upstream.litellm_backend import LiteLLMBackend
+from proxy.upstream.wire import RESPONSES_PATH
 
 
 def to_client_error(failure: UpstreamFailure, model: str) -> RapportError:
@@ -56,7 +57,7 @@ class UpstreamRouter:
             raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
         return entry
 
-    def chain(self, model: str) -> list[ModelEntry]:
+    def chain(self, model: str, path: str = "chat/completions") -> list[ModelEntry]:
         first = self.entry(model)
         seen = {first.model_name}
         chain = [first]
@@ -64,6 +65,9 @@ class UpstreamRouter:
             if name not in seen:
                 seen.add(name)
                 chain.append(self.entry(name))
+        if path == RESPONSES_PATH:
+            # A Responses request can only fall back to deployments that speak Responses themselves.
+            chain = [entry for entry in chain if entry.responses == "passthrough"]
         return chain
 
     def backend(self, entry: ModelEntry) -> Backend:
@@ -86,7 +90,7 @@ class UpstreamRouter:
 
     async def request(self, model: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         last: UpstreamFailure | None = None
-        for entry in self.chain(model):
+        for entry in self.chain(model, path):
             backend = self.backend(entry)
             for attempt in range(self._settings.upstream.retries + 1):
                 started = time.perf_counter()
@@ -107,7 +111,7 @@ class UpstreamRouter:
     async def stream(self, model: str, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Retries and fallbacks apply only before the first event: after it, a failure ends the stream."""
         last: UpstreamFailure | None = None
-        for entry in self.chain(model):
+        for entry in self.chain(model, path):
             backend = self.backend(entry)
             for attempt in range(self._settings.upstream.retries + 1):
                 started = time.perf_counter()
@@ -143,6 +147,16 @@ class UpstreamRouter:
 
     def chat_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         return self.stream(model, "chat/completions", body)
+
+    def passes_responses_through(self, model: str) -> bool:
+        """Whether /v1/responses for this model goes to the upstream's own /v1/responses (not the bridge)."""
+        return self.entry(model).responses == "passthrough"
+
+    async def responses(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.request(model, RESPONSES_PATH, body)
+
+    def responses_stream(self, model: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self.stream(model, RESPONSES_PATH, body)
 
     def as_chat_llm(self, model: str) -> RouterChatLLM:
         return RouterChatLLM(self, model)

@@ -79,3 +79,70 @@ def sse_event(line: bytes | str) -> Any:
     if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
         raise UpstreamFailure("upstream sent a malformed stream event", status=502)
     return event
+
+
+# -- /v1/responses (pass-through) ---------------------------------------------------------------------------
+
+RESPONSES_PATH = "responses"
+# A Responses stream is complete after one of these; OpenAI sends no [DONE] after it (some servers do).
+RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+
+
+def responses_event(event: Any) -> dict[str, Any]:
+    """A Responses stream event, checked: an upstream's `error` or `response.failed` event is a failure."""
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise UpstreamFailure("upstream sent a malformed stream event", status=502)
+    kind = event["type"]
+    if kind == "error":
+        # OpenAI puts code and message on the event itself; other servers nest them under `error`.
+        detail = event.get("error") if isinstance(event.get("error"), dict) else event
+        raise UpstreamFailure(error_message(502, {"error": detail}), status=502, body=event)
+    if kind == "response.failed":
+        response = event.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+        if not isinstance(error, dict):
+            error = {"message": "upstream response failed"}
+        raise UpstreamFailure(error_message(502, {"error": error}), status=502, body=event)
+    return event
+
+
+def responses_sse_event(line: bytes | str) -> Any:
+    """One SSE line of a Responses stream -> the event dict, DONE at `[DONE]`, None for other lines
+    (the `event:` line repeats the data's `type`)."""
+    if isinstance(line, str):
+        line = line.encode()
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return DONE
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamFailure("upstream sent a malformed stream event", status=502) from exc
+    return responses_event(event)
+
+
+class StreamReader:
+    """Reads one upstream SSE stream line by line and knows when it is complete: chat and completions end
+    at `[DONE]`, a Responses stream at its final event (or `[DONE]`, where a server sends one)."""
+
+    def __init__(self, path: str) -> None:
+        self._responses = path == RESPONSES_PATH
+        self.finished = False
+
+    def read(self, line: bytes | str) -> dict[str, Any] | None:
+        """The event on this line, or None (no data, or the end marker: then `finished` is set)."""
+        event = responses_sse_event(line) if self._responses else sse_event(line)
+        if event is DONE:
+            self.finished = True
+            return None
+        if event is not None and self._responses and event["type"] in RESPONSES_FINAL_EVENTS:
+            # Set before the caller yields it: a consumer that stops at the final event still left a
+            # complete stream, whose connection can go back to the pool.
+            self.finished = True
+        return event  # type: ignore[no-any-return]
+
+    def incomplete(self) -> UpstreamFailure:
+        end = "its final event" if self._responses else "[DONE]"
+        return UpstreamFailure(f"upstream stream ended before {end}", status=502)
