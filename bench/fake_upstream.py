@@ -6,7 +6,9 @@ small and as constant as possible and every contender in `bench/overhead.py` pay
     python bench/fake_upstream.py --port 0      # prints "READY <port>" once it listens
 
 Serves `POST /v1/chat/completions` (JSON, or SSE when the body has `"stream": true`, with
-`stream_options.include_usage` honoured and a final `[DONE]`), `GET /v1/models` and `GET /health`.
+`stream_options.include_usage` honoured and a final `[DONE]`), `POST /v1/responses` (a Response object,
+or its typed events ending at `response.completed` with no `[DONE]`, as OpenAI streams them), `GET /v1/models`
+and `GET /health`.
 `GET /stats` answers how many requests each path got (`{"hits": {path: count}}`).
 """
 
@@ -67,6 +69,57 @@ def _events(model: str, include_usage: bool) -> list[bytes]:
     out = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events]
     out.append(b"data: [DONE]\n\n")
     return out
+
+
+def _response_object(model: str, status: str = "completed") -> dict[str, Any]:
+    done = status == "completed"
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": [_output_message(CONTENT)] if done else [],
+        "usage": {
+            "input_tokens": 12,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(PIECES),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 12 + len(PIECES),
+        }
+        if done
+        else None,
+        "error": None,
+        "incomplete_details": None,
+        "store": False,
+    }
+
+
+def _output_message(text: str) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant", "content": [part]}
+
+
+def _responses_events(model: str) -> list[bytes]:
+    where = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+    empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    shell = _response_object(model, "in_progress")
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": shell},
+        {"type": "response.in_progress", "response": shell},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**_output_message(""), "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **where, "part": empty},
+        *({"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []} for piece in PIECES),
+        {"type": "response.output_text.done", **where, "text": CONTENT, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": {**empty, "text": CONTENT}},
+        {"type": "response.output_item.done", "output_index": 0, "item": _output_message(CONTENT)},
+        {"type": "response.completed", "response": _response_object(model)},
+    ]  # fmt: skip
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps({**e, "sequence_number": i}) + b"\n\n"
+        for i, e in enumerate(events)
+    ]
 
 
 def _chunked(data: bytes) -> bytes:
@@ -132,7 +185,19 @@ class FakeUpstream(asyncio.Protocol):
         if method == "GET" and path == "/stats":
             self.transport.write(_response("200 OK", orjson.dumps({"hits": HITS})))
             return
-        if method == "POST" and path.endswith("/chat/completions"):
+        if method == "POST" and path.endswith("/responses"):
+            try:
+                request = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                self.transport.write(_response("400 Bad Request", b'{"error":{"message":"bad json"}}'))
+                return
+            model = str(request.get("model") or "fake")
+            if request.get("stream"):
+                self.busy = True
+                asyncio.get_running_loop().create_task(self._stream(_responses_events(model)))
+            else:
+                self.transport.write(_response("200 OK", orjson.dumps(_response_object(model))))
+        elif method == "POST" and path.endswith("/chat/completions"):
             try:
                 request = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -142,7 +207,7 @@ class FakeUpstream(asyncio.Protocol):
             if request.get("stream"):
                 include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
                 self.busy = True
-                asyncio.get_running_loop().create_task(self._stream(model, include_usage))
+                asyncio.get_running_loop().create_task(self._stream(_events(model, include_usage)))
             else:
                 self.transport.write(_response("200 OK", _completion(model)))
         elif method == "GET" and path.endswith("/models"):
@@ -154,7 +219,7 @@ class FakeUpstream(asyncio.Protocol):
         else:
             self.transport.write(_response("404 Not Found", b'{"error":{"message":"not found"}}'))
 
-    async def _stream(self, model: str, include_usage: bool) -> None:
+    async def _stream(self, events: list[bytes]) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -163,7 +228,7 @@ class FakeUpstream(asyncio.Protocol):
             b"transfer-encoding: chunked\r\n" + KEEP_ALIVE + b"\r\n"
         )
         # One write per event with a yield in between, as a real token stream arrives (not one coalesced blob).
-        for event in _events(model, include_usage):
+        for event in events:
             if self.transport is None:
                 return
             transport.write(_chunked(event))

@@ -78,6 +78,64 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+# -- /v1/responses, for upstreams that speak Responses themselves (Rapport's pass-through) ------------------
+
+RESPONSES_USAGE = {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 6,
+                   "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 17}
+
+
+def output_message(text: str, item_id: str = "msg_upstream_1") -> dict[str, Any]:
+    return {"type": "message", "id": item_id, "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+
+
+def output_call(call_id: str, name: str, arguments: str, item_id: str = "fc_upstream_1") -> dict[str, Any]:
+    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
+            "status": "completed"}
+
+
+def response_object(output: list[dict[str, Any]], model: str, *, status: str = "completed",
+                    incomplete: str | None = None) -> dict[str, Any]:
+    """A Responses API response as an upstream answers it, under the upstream's own ids."""
+    return {"id": "resp_upstream_1", "object": "response", "created_at": int(time.time()), "status": status,
+            "model": model, "output": output, "usage": RESPONSES_USAGE, "error": None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None, "store": False}
+
+
+def responses_events(text: str, model: str, pieces: list[str] | None = None) -> list[dict[str, Any]]:
+    """The typed events of a streamed text answer, as OpenAI sends them (upstream ids and numbering)."""
+    pieces = pieces if pieces is not None else [text[i : i + 4] for i in range(0, len(text), 4)]
+    shell = {**response_object([], model, status="in_progress"), "usage": None}
+    item = {**output_message("", "msg_upstream_1"), "status": "in_progress", "content": []}
+    where = {"item_id": "msg_upstream_1", "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": shell},
+        {"type": "response.in_progress", "response": shell},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": part},
+        *({"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []} for piece in pieces),
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": output_message(text, "msg_upstream_1")},
+        {"type": "response.completed", "response": response_object([output_message(text, "msg_upstream_1")], model)},
+    ]
+    return [{**event, "sequence_number": i} for i, event in enumerate(events)]
+
+
+def _last_user_input(body: dict[str, Any]) -> str:
+    value = body.get("input")
+    if isinstance(value, str):
+        return value
+    for item in reversed(value if isinstance(value, list) else []):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "input_text")
+    return ""
+
+
 class ScriptedUpstream:
     def __init__(self) -> None:
         self.requests: list[Received] = []
@@ -92,6 +150,7 @@ class ScriptedUpstream:
                     Route("/v1/completions", self._completions, methods=["POST"]),
                     Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                     Route("/v1/models", self._models, methods=["GET"]),
+                    Route("/v1/responses", self._responses, methods=["POST"]),
                 ]
             )
         )
@@ -217,6 +276,35 @@ class ScriptedUpstream:
                 usage = {**chunk(model, {}), "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": len(pieces), "total_tokens": 10 + len(pieces)}}
                 yield b"data: " + orjson.dumps(usage) + b"\n\n"
             yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def _responses(self, request: Request) -> Response:
+        """/v1/responses: the same script (error, ok with `body`, stream with `events`, cut_stream after
+        `cut_after` events); by default an echo of the last user input, streamed when asked. Typed events
+        with their `event:` line and no [DONE], as OpenAI streams them."""
+        body = await self._record(request)
+        reply = self._next()
+        model = str(body.get("model"))
+        if reply.kind == "error":
+            return JSONResponse(
+                reply.body or {"error": {"message": f"scripted HTTP {reply.status}", "type": "server_error"}},
+                status_code=reply.status,
+                headers=reply.headers,
+            )
+        content = reply.content if reply.content is not None else f"echo: {_last_user_input(body)}"
+        if body.get("stream") or reply.kind in ("stream", "cut_stream"):
+            events = reply.events if reply.events is not None else responses_events(content, model, reply.chunks)
+            return StreamingResponse(self._typed_stream(events, reply), media_type="text/event-stream")
+        return JSONResponse(reply.body if reply.body is not None else response_object([output_message(content)], model))
+
+    async def _typed_stream(self, events: list[dict[str, Any]], reply: Reply) -> Any:
+        try:
+            for i, event in enumerate(events):
+                if reply.kind == "cut_stream" and i == reply.cut_after:
+                    raise ConnectionResetError("scripted cut")
+                yield b"event: " + str(event["type"]).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
         except asyncio.CancelledError:
             self.cancelled.set()
             raise

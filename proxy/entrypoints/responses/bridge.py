@@ -232,13 +232,17 @@ def response_object(
 
 
 def history_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Output items back as chat messages, to continue a conversation from `previous_response_id`."""
+    """Output items back as chat messages, to continue a conversation from `previous_response_id`.
+
+    Only messages and function calls carry on: a passed-through upstream may also answer other items (a
+    reasoning model's reasoning), which an upstream that keeps no state (store false) cannot take back."""
     return input_messages(
         [
             {"type": "message", "role": "assistant", "content": item["content"]}
             if item["type"] == "message"
             else {k: item[k] for k in ("type", "call_id", "name", "arguments")}
             for item in output
+            if item.get("type") in ("message", "function_call")
         ]
     )
 

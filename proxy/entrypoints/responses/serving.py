@@ -1,4 +1,5 @@
-"""The logic of /v1/responses: admit, continue a stored conversation, personalize, bridge to chat, store.
+"""The logic of /v1/responses: admit, continue a stored conversation, personalize, bridge to chat (or pass
+through to an upstream that speaks Responses: passthrough.py), store.
 
 Memory and RPM personalize it as they do chat: the bridged request's leading system message is the
 request's `instructions`, and the stages add their blocks to it. VAS steers chat completions only and reports
@@ -8,6 +9,7 @@ request's `instructions`, and the stages add their blocks to it. VAS steers chat
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +24,9 @@ from proxy.entrypoints.admission import admit
 from proxy.entrypoints.chat.choice_filters import ChoiceFilters
 from proxy.entrypoints.common import aclose_quietly, stream_error_event
 from proxy.entrypoints.responses import bridge
+from proxy.entrypoints.responses.passthrough import Passthrough
 from proxy.entrypoints.responses.protocol import ResponsesRequest
+from proxy.entrypoints.responses.sse import SSE_HEADERS, chain, open_stream, typed_sse
 from proxy.entrypoints.responses.store import ANONYMOUS, ResponseStore, StoredResponse
 from proxy.errors import InvalidRequest, NotFound
 from proxy.identity import resolve_user
@@ -32,14 +36,13 @@ from proxy.pipeline.stage import Stage
 from proxy.ratelimit import StreamSlot
 from proxy.services import Services
 
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
 
 class ResponsesServing:
     def __init__(self, services: Services, store: ResponseStore) -> None:
         self.services = services
         self.store = store
         self.pipeline = Pipeline(services)
+        self.passthrough = Passthrough(services, self.pipeline)
 
     # -- create -------------------------------------------------------------------------------------
 
@@ -79,6 +82,9 @@ class ResponsesServing:
         )
         ran = await self.pipeline.before(ctx)
         turn = _Turn(bridge.new_id("resp"), req, model, owner, [*earlier, *new], time.time())
+        if self.services.upstream.passes_responses_through(model):
+            finish = functools.partial(self._finish, ctx, ran, turn)
+            return await self.passthrough.answer(ctx, ran, req, principal, turn.response, finish)
         if ctx.stream:
             return await self._stream(ctx, ran, turn, principal)
         return await self._complete(ctx, ran, turn)
@@ -118,23 +124,13 @@ class ResponsesServing:
                 [*turn.history, *bridge.history_messages(response["output"])],
             )
             await asyncio.to_thread(self.store.save, stored)
-        self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, text, ctx.model, finish, usage))
+        self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, text, ctx.model, finish, usage, turn.response_id))
 
     # -- stream -------------------------------------------------------------------------------------
 
     async def _stream(self, ctx: RequestContext, ran: list[Stage], turn: _Turn, principal: Principal) -> Response:
         events = self.services.upstream.chat_stream(ctx.model, ctx.body)
-        limiter = self.services.limiter
-        slot = await limiter.open_stream(principal.key_id)
-        try:
-            # The first upstream event before answering: an upstream that fails at once gets a real status.
-            first: dict[str, Any] | None = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            await limiter.close_stream(slot)
-            await aclose_quietly(events)
-            raise
+        first, slot = await open_stream(self.services.limiter, principal.key_id, events)
         return StreamingResponse(
             self._relay(ctx, ran, turn, first, events, slot),
             media_type="text/event-stream",
@@ -157,23 +153,23 @@ class ResponsesServing:
         filters = ChoiceFilters(lambda: self.pipeline.stream_filters(ctx, ran))
         try:
             for event in translator.start():
-                yield _sse(event)
-            async for event in _chain([first] if first is not None else [], events):
+                yield typed_sse(event)
+            async for event in chain(first, events):
                 for piece in filters.apply(event):
                     for out in translator.chunk(piece):
-                        yield _sse(out)
+                        yield typed_sse(out)
             for piece in filters.tail_chunks():
                 for out in translator.chunk(piece):
-                    yield _sse(out)
+                    yield typed_sse(out)
             closing, output = translator.finish_events()
             for out in closing:
-                yield _sse(out)
+                yield typed_sse(out)
             response = turn.response(output, translator.finish, bridge.usage_of(translator.usage))
             text = "".join(translator.text)
             # Stored and recorded before the last event, so a client that continues at once finds it.
             await self._finish(ctx, ran, turn, response, text, translator.finish, translator.usage or {})
             kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
-            yield _sse(translator.event(kind, response=response))
+            yield typed_sse(translator.event(kind, response=response))
         except Exception as exc:
             # Mid-stream failure: an error event the SDKs raise on, then the end. Never a hang.
             yield stream_error_event(exc)
@@ -222,16 +218,4 @@ class _Turn:
             created_at=self.created_at,
             incomplete=incomplete,
         )
-
-
-def _sse(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-
-
-async def _chain(first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for event in first:
-        yield event
-    async for event in rest:
-        yield event
-
 
