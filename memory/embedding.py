@@ -164,6 +164,16 @@ class CachedEmbedder:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        # Why drop the weights here: a closed embedder can stay referenced (FastAPI caches facts about route
+        # callables in module-level LRUs, and routes close over the app's services), and the weights are what is
+        # large. A batch already running in the encode thread holds its own reference and finishes.
+        with self._load_lock:
+            self._unload()
+            self._loaded = False
+        self._cache = _LRU(0)
+
+    def _unload(self) -> None:
+        """Forget the loaded model (subclasses drop their weights)."""
 
 
 class _EmbedQueue:
@@ -274,6 +284,10 @@ class SentenceTransformerEmbedder(CachedEmbedder):
             or self._model.get_sentence_embedding_dimension
         )
         return int(get_dim())
+
+    def _unload(self) -> None:
+        self._model = None
+        self._batch_model = None
 
     @property
     def model(self) -> Any:

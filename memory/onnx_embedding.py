@@ -122,6 +122,9 @@ class OnnxEmbedder(CachedEmbedder):
         self._max_length = 256
         self.onnx_path: Path | None = None
 
+    def _unload(self) -> None:
+        self._session = None
+
     def _load(self) -> int:
         import onnxruntime as ort
         from transformers import AutoTokenizer

@@ -285,7 +285,14 @@ class ChromaStore:
         return True
 
     def close(self) -> None:
-        """Nothing to release: Chroma's clients close with the process."""
+        """Release the client. Why: chromadb keeps every embedded client's system (its SQLite handle and the
+        loaded HNSW segments of each collection opened) in a process-wide cache until the client is closed, so a
+        process that builds and drops stores (tests, `rapport db migrate`) would otherwise keep them all."""
+        client, self._client = self._client, None
+        self._collections.clear()
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
 
 
 def group_by_user(items: list[MemoryItem]) -> dict[tuple[str, str], list[int]]:

@@ -34,6 +34,22 @@ API_KEY = "rk-test-key-tenant-a"
 API_KEY_B = "rk-test-key-tenant-b"
 
 
+@pytest.fixture(autouse=True)
+def _release_finished_apps() -> Iterator[None]:
+    """After each test, empty FastAPI's module-level caches of facts about route callables.
+
+    Why: they are LRUs of up to 4096 entries keyed by the callable, and Rapport's routes close over their app's
+    services (embedder, stores), so without this every app a test built stayed reachable: the suite grew to ~20 GB.
+    One app per process (production) is not affected."""
+    yield
+    from fastapi.dependencies import models as fastapi_models
+
+    for value in vars(fastapi_models).values():
+        clear = getattr(value, "cache_clear", None)
+        if callable(clear):
+            clear()
+
+
 @pytest.fixture(scope="session")
 def smollm2_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """OpenAI base URL of a real llama.cpp server running SmolLM2-135M-Instruct (Q4_1)."""
