@@ -1,23 +1,23 @@
 """The memory service: ingest, retrieve + compose, admin operations and forgetting, over one store.
 
 Blocking calls (Chroma, SQLite) run in a small thread pool; embedding runs in the embedder's own thread.
+Split by seam: request options and the retrieval result in options.py, the retrieval pipeline in recall.py,
+forget/export/import (memory's part of the user-data registry) in userdata.py; this module wires them and
+keeps ingest, summaries and the admin reads and edits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from memory import recall
 from memory.catalog import Catalog, Summary, UserRecord
 from memory.compose import Composer
 from memory.config import MemorySettings
@@ -25,13 +25,13 @@ from memory.embedding import Embedder, Vectors
 from memory.generations import admitted
 from memory.items import MemoryItem
 from memory.jobs import JobQueue
-from memory.lexical import LexicalHit, LexicalIndex, SqliteLexicalIndex
+from memory.lexical import LexicalIndex, SqliteLexicalIndex
 from memory.llm import ChatLLM
+from memory.options import MemoryOptions, Retrieval
 from memory.pg_store import TABLE as PG_TABLE
 from memory.pg_store import PgVectorStore
 from memory.redact import Redactor, regex_redactor
-from memory.retrieval import fetch_hits, fuse, mmr, score
-from memory.store import Hit, MemoryStore
+from memory.store import MemoryStore
 from memory.stores.choose import open_store
 from memory.stores.pg_lexical import PgLexicalIndex
 from memory.summaries import SUMMARY_JOB, TaskRouter, make_handler
@@ -40,74 +40,11 @@ from memory.writer import IngestWriter
 from rapport.core.database import Database
 from rapport.core.messages import append_system, last_user_text
 
+# MemoryOptions and Retrieval are imported from here by the plugin, tests and benches.
+__all__ = ["MemoryOptions", "MemoryService", "Retrieval"]
+
 log = logging.getLogger("rapport.memory")
 T = TypeVar("T")
-
-
-class MemoryOptions(BaseModel):
-    """Per-request memory options (`extra_body={"rapport": {"memory": {...}}}`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int | None = Field(default=None, ge=0, le=100)
-    budget: int | None = Field(default=None, ge=0, le=100_000)
-    summary: bool = True
-    task: str | None = Field(default=None, min_length=1, max_length=64)
-    store: bool = True
-    # Hybrid (BM25 + dense) retrieval and conversation neighbours; None: the server's setting.
-    lexical: bool | None = None
-    neighbours: bool | None = None
-    # How lexical matches are ranked where the index offers a choice (PostgreSQL: bm25 or ts_rank_cd; the
-    # embedded FTS5 index ranks by bm25 only); None: the index's default. Reported as `lexical_rank`.
-    lexical_rank: Literal["bm25", "ts_rank_cd"] | None = None
-
-
-@dataclass(slots=True)
-class Retrieval:
-    task: str
-    items: list[MemoryItem] = field(default_factory=list)
-    summary: Summary | None = None
-    block: str = ""
-    tokens: int = 0
-    candidates: int = 0
-    ms: float = 0.0
-    embed_ms: float = 0.0
-    search_ms: float = 0.0
-    # Why a part was left out: similarity retrieval (no query text), the summary (over the budget).
-    skipped: str | None = None
-    summary_skipped: str | None = None
-    # Hybrid retrieval: whether the lexical index was asked, and how many candidates it matched.
-    lexical: bool = False
-    lexical_matches: int = 0
-    lexical_rank: str | None = None
-    # Conversation neighbours of the retrieved items that made it into the block (not counted in `items`).
-    neighbours: list[MemoryItem] = field(default_factory=list)
-    # The user's forget generation when the request started: its recording writes nothing if a forget came
-    # in between (memory/generations.py). Not part of `details`.
-    generation: int | None = None
-
-    def details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "task": self.task,
-            "items": len(self.items),
-            "item_ids": [it.id for it in self.items],
-            "summary_version": self.summary.version if self.summary else None,
-            "tokens_added": self.tokens,
-            "candidates": self.candidates,
-            "ms": round(self.ms, 3),
-            "embed_ms": round(self.embed_ms, 3),
-            "search_ms": round(self.search_ms, 3),
-            "lexical": self.lexical,
-            "lexical_matches": self.lexical_matches,
-            "lexical_rank": self.lexical_rank,
-            "neighbours": len(self.neighbours),
-            "neighbour_ids": [it.id for it in self.neighbours],
-        }
-        if self.skipped:
-            out["skipped"] = self.skipped
-        if self.summary_skipped:
-            out["summary_skipped"] = self.summary_skipped
-        return out
 
 
 class MemoryService:
@@ -296,112 +233,7 @@ class MemoryService:
     async def retrieve(
         self, tenant: str, user: str, query: str, options: MemoryOptions | None = None
     ) -> Retrieval:
-        started = time.perf_counter()
-        options = options or MemoryOptions()
-        k = self.settings.top_k if options.k is None else options.k
-        budget = self.settings.token_budget if options.budget is None else options.budget
-        # No query text (an image-only turn): there is nothing to be similar to, so no item is retrieved
-        # (embedding a placeholder would inject whatever happens to be nearest). The summary still may be:
-        # it describes the user for the task, whatever the turn says, so it is the one thing worth adding.
-        vector = (await self.embedder.embed([query]))[0] if query.strip() else None
-        embedded = time.perf_counter()
-        task = options.task or self.settings.default_task
-        if options.task is None and vector is not None:
-            task = await self.tasks.infer(vector)
-        summary = None
-        if options.summary and self.settings.summaries:
-            summary = await self._io(self.catalog.latest_summary, tenant, user, task)
-        summary_skipped = None
-        if summary is not None and not self.composer.summary_fits(summary.text, task, budget):
-            # Decided before retrieval: a summary that will not be shown must not cost the request items.
-            summary, summary_skipped = None, "does not fit the token budget"
-        if summary is not None:
-            k = math.ceil(k * self.settings.summary_item_fraction)
-        use_lexical = self.lexical is not None and (
-            self.settings.lexical if options.lexical is None else options.lexical
-        )
-        hits: list[Hit] = []
-        lexical_scores: dict[str, float] = {}
-        if vector is not None and k > 0:
-            n = k * self.settings.candidates_factor if self.settings.mmr_lambda < 1.0 else k
-            if use_lexical:
-                hits, lexical_scores = await self._hybrid_candidates(
-                    tenant, user, query, vector, n, options.lexical_rank
-                )
-            else:
-                hits = await self._io(self.store.query, tenant, user, vector, n)
-        searched = time.perf_counter()
-        hits = [
-            h for h in hits if h.similarity >= self.settings.min_similarity or h.item.id in lexical_scores
-        ]
-        relevance = None
-        if lexical_scores:
-            relevance = fuse(
-                [h.similarity for h in hits],
-                {i: lexical_scores[h.item.id] for i, h in enumerate(hits) if h.item.id in lexical_scores},
-                method=self.settings.lexical_fusion,
-                weight=self.settings.lexical_weight,
-                rrf_k=self.settings.rrf_k,
-            )
-        scores = score(
-            hits,
-            half_life_days=self.settings.recency_half_life_days,
-            recency_weight=self.settings.recency_weight,
-            relevance=relevance,
-        )
-        chosen = [hits[i].item for i in mmr(hits, scores, k, self.settings.mmr_lambda)]
-        use_neighbours = self.lexical is not None and (
-            self.settings.neighbours if options.neighbours is None else options.neighbours
-        )
-        context = None
-        if use_neighbours and chosen and self.lexical is not None:
-            context = await self._io(
-                self.lexical.neighbours, tenant, user, chosen, self.settings.neighbour_max_gap_s
-            )
-        composed = self.composer.block(chosen, summary.text if summary else None, task, budget, context)
-        result = Retrieval(
-            task=task,
-            items=chosen[: composed.items_used],
-            summary=summary if composed.summary_used else None,
-            block=composed.text,
-            tokens=composed.tokens,
-            candidates=len(hits),
-            skipped=None if vector is not None else "no text in the last user message",
-            summary_skipped=summary_skipped,
-            lexical=use_lexical and vector is not None,
-            lexical_matches=len(lexical_scores),
-            lexical_rank=self._rank_used(options.lexical_rank) if use_lexical and vector is not None else None,
-            neighbours=list(composed.neighbours),
-        )
-        result.ms = (time.perf_counter() - started) * 1000.0
-        result.embed_ms = (embedded - started) * 1000.0
-        result.search_ms = (searched - embedded) * 1000.0
-        return result
-
-    def _rank_used(self, asked: str | None) -> str:
-        ranks: tuple[str, ...] = getattr(self.lexical, "ranks", ("bm25",))
-        return asked if asked in ranks else str(getattr(self.lexical, "rank", ranks[0]))
-
-    async def _hybrid_candidates(
-        self, tenant: str, user: str, query: str, vector: Vectors, n: int, rank: str | None = None
-    ) -> tuple[list[Hit], dict[str, float]]:
-        """Dense and lexical candidates together (each with its cosine), and the lexical ones' scores."""
-        assert self.lexical is not None
-        n_lexical = self.settings.lexical_candidates or n
-        search: Callable[..., list[LexicalHit]] = self.lexical.search
-        if rank is not None and rank in getattr(self.lexical, "ranks", ()):
-            search = partial(search, rank=rank)
-        hits, matched = await asyncio.gather(
-            self._io(self.store.query, tenant, user, vector, n),
-            self._io(search, tenant, user, query, n_lexical),
-        )
-        known = {h.item.id for h in hits}
-        missing = [m.id for m in matched if m.id not in known]
-        if missing:
-            hits = hits + await self._io(fetch_hits, self.store, tenant, user, missing, vector)
-        present = {h.item.id for h in hits}
-        # An id the store no longer has (a delete that reached the store but not the index) is never shown.
-        return hits, {m.id: m.score for m in matched if m.id in present}
+        return await recall.retrieve(self, tenant, user, query, options)
 
     async def compose(
         self, tenant: str, user: str, messages: list[dict[str, Any]], options: MemoryOptions | None = None

@@ -198,7 +198,7 @@ async def test_edit_delete_and_forget_update_the_lexical_rows(make_service: Make
 
     # Forget: every lexical row of the user goes; another user's stay.
     await service.ingest([MemoryItem("t", "other", "Thaddeus tunes pianos.")])
-    await service._forget_stores("t", "u")
+    await service.userdata.forget("t", "u")
     assert service.lexical.count("t", "u") == 0
     assert service.lexical.search("t", "u", "account", 10) == []
     assert len(service.lexical.search("t", "other", "Thaddeus", 10)) == 1
