@@ -222,8 +222,7 @@ def models(config: ConfigOption = None) -> None:
     settings = _settings(config)
     table = Table("model_name", "litellm model", "api_base", "fallbacks", "personalization")
     for m in settings.model_list:
-        p = m.personalization
-        stages = ",".join(n for n, on in (("memory", p.memory), ("rpm", p.rpm), ("vas", p.vas)) if on) or "-"
+        stages = m.personalization.listed()
         table.add_row(m.model_name, m.litellm_params.model, m.litellm_params.api_base or "-", ",".join(m.fallbacks) or "-", stages)
     out.print(table)
 

@@ -19,6 +19,7 @@ from proxy.upstream.router import UpstreamRouter
 from rapport.core.database import Databases
 
 if TYPE_CHECKING:
+    from proxy.pipeline.options import StageOptionsResolver
     from proxy.plugins import Plugin
 
 log = logging.getLogger("rapport")
@@ -67,6 +68,8 @@ class Services:
     datadir_lock: DataDirLock | None = None
     # The databases the stores are given (one shared PostgreSQL, or a SQLite file per store); None until built.
     databases: Databases | None = None
+    # Every stage's options resolved per request (proxy/pipeline/options.py); built when the servings are.
+    stage_options: StageOptionsResolver | None = None
 
     def utility_llm(self, model: str | None = None) -> ChatLLM:
         """The LLM that writes summaries and extractions: a named model, else the default upstream."""

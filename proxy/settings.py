@@ -59,12 +59,37 @@ class LiteLLMParams(BaseModel):
         return self.api_key
 
 
-class PersonalizationDefaults(BaseModel):
-    """Which stages run for a model when the request does not say."""
+StageDefault = bool | dict[str, Any] | None
 
-    memory: bool = True
-    rpm: bool = False
-    vas: bool = False
+
+class PersonalizationDefaults(BaseModel):
+    """A model's say in which personalization stages run, below the request's and above the stage's own.
+
+    Each field: unset (the stage's default holds: memory on, RPM `rpm.enabled_by_default`, VAS
+    `vas.enabled_by_default`), a bool (the stage on or off for this model), or a dict of that stage's
+    request options (on, with these as this model's defaults). The dicts are validated against the stage's
+    options model when the server starts; the precedence is explained in proxy/pipeline/options.py.
+    """
+
+    # A misspelt stage name would otherwise be ignored without a word.
+    model_config = ConfigDict(extra="forbid")
+
+    memory: StageDefault = None
+    rpm: StageDefault = None
+    vas: StageDefault = None
+
+    def listed(self) -> str:
+        """For `rapport models`: each stage as this model sets it ("default" where it leaves it to the stage)."""
+        shown: list[str] = []
+        for name in ("memory", "rpm", "vas"):
+            value = getattr(self, name)
+            if value is None:
+                shown.append(f"{name} default")
+            elif isinstance(value, bool):
+                shown.append(f"{name} {'on' if value else 'off'}")
+            else:
+                shown.append(f"{name} on {value}")
+        return ", ".join(shown)
 
 
 class ModelEntry(BaseModel):

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict
 class RapportOptions(BaseModel):
     """`extra_body={"rapport": {...}}`: per-request control of the personalization stages.
 
-    Each stage validates its own section (`memory`, `rpm`, `vas`) with its own model; `False` turns a
-    stage off for this call, `True` turns it on with defaults, a dict turns it on with options.
+    A stage's section (`memory`, `rpm`, `vas`): `False` turns the stage off for this call, `True` turns it
+    on, a dict turns it on with those options, absent leaves it to the model's and the stage's defaults.
+    The sections are resolved against those defaults and validated in one place (proxy/pipeline/options.py).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -28,6 +29,16 @@ class RapportOptions(BaseModel):
     record: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class StageOptions:
+    """One stage's resolved setting for one request (proxy/pipeline/options.py): on or off, and its options."""
+
+    on: bool
+    options: BaseModel
+    # The layer that turned the stage on or off: "request", "model" or "default".
+    decided_by: Literal["request", "model", "default"]
+
+
 @dataclass(slots=True)
 class StageReport:
     name: str
@@ -39,7 +50,8 @@ class StageReport:
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    endpoint: Literal["chat", "completions", "responses"]
+    # Only these run the pipeline: /v1/completions is a pass-through (a raw prompt has no messages to personalize).
+    endpoint: Literal["chat", "responses"]
     model: str
     tenant: str
     user: str | None
@@ -49,6 +61,8 @@ class RequestContext:
     stream: bool = False
     # The client's request as received (before any stage), for recording the exchange.
     original_messages: list[dict[str, Any]] = field(default_factory=list)
+    # Each stage's resolved setting by stage name, filled in by the pipeline before any stage runs.
+    stage_options: dict[str, StageOptions] = field(default_factory=dict)
     reports: list[StageReport] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -58,6 +72,10 @@ class RequestContext:
     @property
     def personalized(self) -> bool:
         return self.user is not None
+
+    def stage_on(self, name: str) -> bool:
+        resolved = self.stage_options.get(name)
+        return resolved is not None and resolved.on
 
 
 @dataclass(slots=True)

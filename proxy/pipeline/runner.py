@@ -10,6 +10,7 @@ from typing import Any
 
 from proxy.errors import RapportError
 from proxy.pipeline.context import Exchange, RequestContext, StageReport
+from proxy.pipeline.options import resolver_of
 from proxy.pipeline.stage import AnswerRewritingStage, GeneratingStage, Stage, TextFilter
 from proxy.services import Services
 
@@ -19,8 +20,13 @@ log = logging.getLogger("rapport.pipeline")
 class Pipeline:
     def __init__(self, services: Services) -> None:
         self._services = services
+        # Built with the servings, so when the app is created: a model's bad stage options fail the start.
+        self._options = resolver_of(services)
 
     def active(self, ctx: RequestContext) -> list[Stage]:
+        # Every stage's setting, resolved in one place before any stage looks; a bad option is refused even
+        # when no user is named (nothing would run, but the client should learn its option is wrong).
+        ctx.stage_options = self._options.resolve(ctx.model, ctx.options)
         if ctx.user is None:
             return []
         return [stage for stage in self._services.stages() if stage.wants(ctx)]

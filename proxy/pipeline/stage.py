@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 from proxy.pipeline.context import Exchange, RequestContext
 
 
@@ -18,9 +20,13 @@ class Stage(Protocol):
     """
 
     name: str
+    # The model of the stage's `rapport.<stage>` options, and whether it is on when neither the request nor
+    # the model says: the pipeline resolves both into `ctx.stage_options[name]` (proxy/pipeline/options.py).
+    options_model: type[BaseModel]
+    default_on: bool
 
     def wants(self, ctx: RequestContext) -> bool:
-        """Whether the stage runs for this request (user named, options, per-model defaults)."""
+        """Whether the stage runs for this request (user named, `ctx.stage_on(name)`, stage conditions)."""
         ...
 
     async def before(self, ctx: RequestContext) -> dict[str, Any]:

@@ -7,14 +7,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from memory.catalog_schema import STORE as CATALOG_STORE
 from memory.embedding import make_embedder
 from memory.jobs import JobQueue
 from memory.service import MemoryOptions, MemoryService
-from proxy.entrypoints.common import loc_to_param
-from proxy.errors import InvalidRequest, ServiceUnavailable
+from proxy.errors import ServiceUnavailable
 from proxy.pipeline.context import Exchange, RequestContext
 from rapport.core.database import Databases
 
@@ -28,42 +27,28 @@ log = logging.getLogger("rapport.memory")
 VECTOR_STORE = "memory/vectors"
 
 
-def parse_options(value: Any) -> MemoryOptions:
-    """`rapport.memory`: True/None -> defaults, a dict -> validated options (bad values name their param)."""
-    if value is None or value is True:
-        return MemoryOptions()
-    try:
-        return MemoryOptions.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = "rapport.memory." + loc_to_param(tuple(first["loc"])) if first["loc"] else "rapport.memory"
-        raise InvalidRequest(
-            f"Invalid value for '{param}': {first['msg']}", param=param, code="invalid_value"
-        ) from exc
-
-
 class MemoryStage:
     name = "memory"
+    options_model: type[BaseModel] = MemoryOptions
+    # On for every named user unless the model or the request turns it off (`memory.enabled: false` builds
+    # no stage at all).
+    default_on = True
 
     def __init__(self, services: Services, service: MemoryService) -> None:
         self._services = services
         self.service = service
 
     def wants(self, ctx: RequestContext) -> bool:
-        if ctx.user is None or ctx.options.memory is False:
-            return False
-        if ctx.options.memory is None:
-            entry = self._services.settings.model(ctx.model)
-            return entry.personalization.memory if entry is not None else True
-        return True
+        return ctx.user is not None and ctx.stage_on(self.name)
 
     async def before(self, ctx: RequestContext) -> dict[str, Any]:
         assert ctx.user is not None
-        options = parse_options(ctx.options.memory)
+        options = ctx.stage_options[self.name].options
+        assert isinstance(options, MemoryOptions)
         if options.task is None and ctx.options.task is not None:
             options = options.model_copy(update={"task": ctx.options.task})
         ctx.state["memory.options"] = options
-        # Only chat requests run the pipeline (/v1/completions is a pass-through), so messages are all there is.
+        # Chat and responses (bridged to chat messages) run the pipeline, so messages are all there is.
         try:
             messages, retrieval = await self.service.compose(ctx.tenant, ctx.user, ctx.body["messages"], options)
         except Exception as exc:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
-from pydantic import ValidationError
+from pydantic import BaseModel
 
-from proxy.errors import InvalidRequest
 from proxy.pipeline.context import Exchange, RequestContext
 from rapport.core.messages import append_system, last_user_text
 from reasoning.rpm.engine import RPMEngine
@@ -45,32 +44,18 @@ def stream_filter(ctx: RequestContext) -> ReasoningStreamFilter | None:
     return ReasoningStreamFilter() if ctx.state.get("rpm", {}).get("strip_reasoning") else None
 
 
-def parse_options(value: bool | dict[str, Any] | None) -> RPMRequestOptions:
-    if not isinstance(value, dict):
-        return RPMRequestOptions()
-    try:
-        return RPMRequestOptions.model_validate(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequest(
-            f"Invalid rapport.rpm option {where!r}: {err['msg']}", param=f"rapport.rpm.{where}".rstrip(".")
-        ) from exc
-
-
 class RPMStage:
     name = "rpm"
+    options_model: type[BaseModel] = RPMRequestOptions
 
     def __init__(self, plugin: RPMPlugin) -> None:
         self._plugin = plugin
         self._settings = plugin.services.settings
+        self.default_on = self._settings.rpm.enabled_by_default
 
     def conditioning(self, ctx: RequestContext) -> bool:
-        """Whether this request is conditioned: the request's choice, else the model's default."""
-        if ctx.options.rpm is not None:
-            return ctx.options.rpm is not False
-        entry = self._settings.model(ctx.model)
-        return bool(entry is not None and entry.personalization.rpm) or self._settings.rpm.enabled_by_default
+        """Whether this request is conditioned: the request's choice, else the model's, else the stage default."""
+        return ctx.stage_on(self.name)
 
     def finalize_text(self, ctx: RequestContext, text: str) -> str:
         return finalize_text(ctx, text)
@@ -88,8 +73,8 @@ class RPMStage:
         return rpm.learn_from_model_answers and rpm.learn_from_exchanges == "always" and ctx.options.record
 
     async def before(self, ctx: RequestContext) -> dict[str, Any]:
-        options = parse_options(ctx.options.rpm)
-        assert ctx.user is not None
+        options = ctx.stage_options[self.name].options
+        assert ctx.user is not None and isinstance(options, RPMRequestOptions)
         if not self.conditioning(ctx):
             return {"conditioned": False, "learning": True}
         query = self._query(ctx)
@@ -102,7 +87,7 @@ class RPMStage:
 
     @staticmethod
     def _query(ctx: RequestContext) -> str:
-        # Only chat requests run the pipeline (/v1/completions is a pass-through).
+        # Chat and responses (bridged to chat messages) run the pipeline; /v1/completions is a pass-through.
         return last_user_text(ctx.body["messages"])
 
     @staticmethod

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.pipeline.context import Exchange, RequestContext
@@ -26,7 +27,7 @@ from proxy.pipeline.stage import Upstream
 from reasoning.vas.backends import ValueBackendDown
 from reasoning.vas.base_lm import BaseLM, BaseLMError, ChatPrefillLM, CompletionsLM
 from reasoning.vas.decoding import DecodeResult
-from reasoning.vas.engine import Plan, VASEngine, VASOptionError, parse_request
+from reasoning.vas.engine import Plan, VASEngine, VASOptionError, VASRequest
 from reasoning.vas.llama_base import LlamaCppLM
 from reasoning.vas.request_fit import text_messages, unsupported
 from reasoning.vas.store import ProfileStore
@@ -44,25 +45,25 @@ DEFAULT_STORE_FILE = "vas.sqlite3"
 
 class VASStage:
     name = "vas"
+    options_model: type[BaseModel] = VASRequest
 
     def __init__(self, plugin: VASPlugin) -> None:
         self._plugin = plugin
         self._services = plugin.services
+        self.default_on = plugin.services.settings.vas.enabled_by_default
 
     def wants(self, ctx: RequestContext) -> bool:
-        # Any endpoint: where VAS is on but cannot steer (not chat completions), before() says so.
-        opt = ctx.options.vas
-        if opt is not None:
-            return opt is not False
-        entry = self._services.settings.model(ctx.model)
-        return self._services.settings.vas.enabled_by_default or bool(entry and entry.personalization.vas)
+        # Chat and responses: where VAS is on but cannot steer (a Responses request), before() says so.
+        return ctx.user is not None and ctx.stage_on(self.name)
 
     async def before(self, ctx: RequestContext) -> dict[str, Any]:
         if ctx.endpoint != "chat":
             return {"applied": False, "reason": f"not applied: VAS steers chat completions only, not {ctx.endpoint}"}
         engine = self._plugin.engine
+        req = ctx.stage_options[self.name].options
+        assert isinstance(req, VASRequest)
         try:
-            req = parse_request(ctx.options.vas)
+            # Caps and value-model names depend on the server's settings, so they are checked here, per plan.
             plan = await asyncio.to_thread(engine.plan, req, ctx.tenant, ctx.user, ctx.body)
         except VASOptionError as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc

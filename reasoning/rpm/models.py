@@ -119,7 +119,8 @@ class HistoryEntry(BaseModel):
 
 
 class RPMRequestOptions(BaseModel):
-    """`extra_body={"rapport": {"rpm": {...}}}`."""
+    """`extra_body={"rapport": {"rpm": {...}}}`, merged over a model's `personalization.rpm` options
+    (proxy/pipeline/options.py); a field left None falls back to the `rpm` settings (RPMEngine.resolve)."""
 
     model_config = ConfigDict(extra="forbid")
 

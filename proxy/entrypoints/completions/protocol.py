@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from proxy.pipeline.context import RapportOptions
+
 
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -17,3 +19,5 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = None
+    # Validated like chat's, then reported as not applied (proxy/entrypoints/completions/report.py).
+    rapport: RapportOptions | None = None

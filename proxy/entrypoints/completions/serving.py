@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from proxy.auth.deps import Principal
 from proxy.entrypoints.admission import admit
 from proxy.entrypoints.common import sse_data, stream_error_event
+from proxy.entrypoints.completions.protocol import CompletionRequest
+from proxy.entrypoints.completions.report import completions_report
 from proxy.services import Services
 
 
@@ -21,21 +23,31 @@ async def pass_through(
 ) -> Response:
     admitted = await admit(services, request, principal, schema)
     body, model = admitted.body, admitted.model
+    report = None
+    if isinstance(admitted.request, CompletionRequest):
+        report = completions_report(services, model, admitted.user, admitted.request.rapport)
+    extension = report.extension if report is not None else None
+    headers = report.headers if report is not None else None
     if body.get("stream"):
         events = services.upstream.stream(model, path, body)
         try:
             first = await events.__anext__()
         except StopAsyncIteration:
             first = None
-        return StreamingResponse(_relay(first, events), media_type="text/event-stream")
+        return StreamingResponse(_relay(first, events, extension), media_type="text/event-stream", headers=headers)
     result = await services.upstream.request(model, path, body)
-    return Response(content=orjson.dumps(result), media_type="application/json")
+    if extension is not None and isinstance(result, dict):
+        result["rapport"] = extension
+    return Response(content=orjson.dumps(result), media_type="application/json", headers=headers)
 
 
-async def _relay(first: dict[str, Any] | None, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _relay(
+    first: dict[str, Any] | None, events: AsyncIterator[dict[str, Any]], extension: dict[str, Any] | None
+) -> AsyncIterator[bytes]:
     try:
         if first is not None:
-            yield sse_data(first)
+            # Like chat, the first chunk carries the `rapport` extension.
+            yield sse_data(first if extension is None else {**first, "rapport": extension})
             async for event in events:
                 yield sse_data(event)
     except Exception as exc:
