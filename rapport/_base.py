@@ -41,6 +41,8 @@ class Call:
     path: str
     params: dict[str, Any] = field(default_factory=dict)
     json: Any = None
+    # Per call, over the client's own (the feedback route takes the proxy key, not the admin key).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def clean_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params.items() if v is not None}
@@ -165,3 +167,21 @@ def rpm_call(method: str, user: str, tenant: str, sub: str = "rpm", json: Any = 
 
 def vas_call(method: str, sub: str, tenant: str | None = None, json: Any = None) -> Call:
     return Call(method, f"/admin/vas/{sub}", {"tenant": tenant}, json)
+
+
+# -- the proxy-key calls ----------------------------------------------------------------------------------------
+
+
+def feedback(
+    response_id: str,
+    api_key: str | None,
+    *,
+    user: str | None,
+    rating: float | None,
+    choice: str | None,
+    correction: str | None,
+) -> Call:
+    """`POST /v1/rapport/feedback` with the proxy key (without one, the client's own auth: open mode)."""
+    body = {"response_id": response_id, "user": user, "rating": rating, "choice": choice, "correction": correction}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return Call("POST", "/v1/rapport/feedback", json={k: v for k, v in body.items() if v is not None}, headers=headers)

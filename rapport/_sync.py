@@ -10,6 +10,7 @@ import httpx
 
 from rapport import _base as b
 from rapport.types import (
+    FeedbackResult,
     Forgotten,
     ImportResult,
     Job,
@@ -238,9 +239,30 @@ class Rapport:
             **kwargs,
         )
 
+    def feedback(
+        self,
+        response_id: str,
+        *,
+        user: str | None = None,
+        rating: float | None = None,
+        choice: str | None = None,
+        correction: str | None = None,
+    ) -> FeedbackResult:
+        """Feed the user's judgement of a response back: a `rating` (a number), a `choice` (the option they
+        picked) or a `correction` (the answer they wanted); a rating may come with either of the others.
+
+        `response_id` is the id the user's chat completion (`chatcmpl-...`) or response (`resp_...`) came with,
+        for a request RPM ran on; `user` is that request's user (omit it with a key bound to the user). It
+        becomes RPM history for the user; a second feedback on the same response replaces the first.
+        """
+        call = b.feedback(response_id, self.api_key, user=user, rating=rating, choice=choice, correction=correction)
+        return FeedbackResult.model_validate(self._request(call))
+
     def _request(self, call: b.Call) -> Any:
         try:
-            response = self._http.request(call.method, call.path, params=call.clean_params(), json=call.json)
+            response = self._http.request(
+                call.method, call.path, params=call.clean_params(), json=call.json, headers=call.headers or None
+            )
         except httpx.HTTPError as exc:
             raise b.RapportError(f"cannot reach Rapport at {self.base_url}: {exc}") from exc
         return b.raise_for(response)

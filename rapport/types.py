@@ -116,3 +116,16 @@ class Forgotten(_Model):
     tenant: str
     user: str
     removed: dict[str, Any]
+
+
+class FeedbackResult(_Model):
+    """What a feedback became: RPM history entries (built in the background by `job_id`)."""
+
+    response_id: str
+    user: str
+    entry_ids: list[int]
+    replaced: int
+    job_id: str | None = None
+    rating: float | None = None
+    choice: str | None = None
+    correction: str | None = None

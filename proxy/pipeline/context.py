@@ -87,3 +87,5 @@ class Exchange:
     model: str
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    # The id the client got (`chatcmpl-...`, `resp_...`): what a feedback on this answer refers to.
+    response_id: str | None = None

@@ -19,6 +19,8 @@ from pydantic import BaseModel
 from proxy.pipeline.context import Exchange, RequestContext
 from rapport.core.messages import append_system, last_user_text
 from reasoning.rpm.engine import RPMEngine
+from reasoning.rpm.feedback import FeedbackBook
+from reasoning.rpm.feedback_store import FeedbackStore
 from reasoning.rpm.generate import ReasoningStreamFilter, strip_reasoning
 from reasoning.rpm.models import HistoryItem, RPMRequestOptions
 from reasoning.rpm.store import RPMStore
@@ -96,6 +98,12 @@ class RPMStage:
         ctx.body["messages"] = append_system(ctx.body["messages"], system)
 
     async def after(self, ctx: RequestContext, exchange: Exchange) -> None:
+        if ctx.user is not None and isinstance(exchange.response_id, str):
+            # Kept so that the user's feedback on this response can become history (reasoning/rpm/feedback.py).
+            await self._plugin.feedback.remember(
+                ctx.tenant, ctx.user, exchange.response_id, last_user_text(exchange.messages),
+                strip_reasoning(exchange.response_text or ""), ctx.options.task,
+            )
         # The exchange's response is the model's answer, not the user's: learnt only when the operator
         # opted into that (rpm.learn_from_model_answers, off by default; see RPMSettings for why).
         if not self._settings.rpm.learn_from_model_answers:
@@ -121,6 +129,11 @@ class RPMPlugin:
         self.engine = engine
         self._owns_jobs = owns_jobs
         self._stage = RPMStage(self)
+        feedback = services.settings.rpm.feedback
+        self.feedback = FeedbackBook(
+            feedback,
+            FeedbackStore(engine.store, retention_s=feedback.retention_days * 86400.0, max_per_user=feedback.max_per_user),
+        )
         services.jobs.register(JOB_KIND, self._run_job)
         # RPM's forget, export and import (every table of its store) in the user-data registry.
         from reasoning.rpm.userdata import rpm_part
@@ -132,8 +145,9 @@ class RPMPlugin:
 
     def routers(self) -> list[APIRouter]:
         from proxy.entrypoints.admin.rpm.api_router import build_router
+        from proxy.entrypoints.feedback.api_router import build_router as feedback_router
 
-        return [build_router(self)]
+        return [build_router(self), feedback_router(self)]
 
     async def start(self) -> None:
         if self._owns_jobs:

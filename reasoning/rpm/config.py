@@ -8,6 +8,20 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
+class FeedbackSettings(BaseModel):
+    """`rpm.feedback`: remembering issued responses so that `POST /v1/rapport/feedback` can refer to them."""
+
+    # Off: nothing is remembered, and every feedback answers 404.
+    enabled: bool = True
+    # How long after the answer a feedback is accepted; older issued responses are purged (their feedback
+    # entries stay: they are the user's history).
+    retention_days: float = Field(default=30.0, gt=0)
+    # Issued responses kept per user (the oldest go first): bounds what a busy user's chat leaves behind.
+    max_per_user: int = Field(default=1000, ge=1, le=100_000)
+    # The most characters of the query and of the answer remembered.
+    max_chars: int = Field(default=4000, ge=100, le=20_000)
+
+
 class RPMSettings(BaseModel):
     enabled_by_default: bool = False
     # Where the feature/factor/path store lives; None: `<data_dir>/rpm`.
@@ -48,7 +62,7 @@ class RPMSettings(BaseModel):
     # exchange's response is the model's, so the factors and reasoning paths learnt from it describe the
     # model, not the user, and are fed back into the model on the next request (a loop that reinforces
     # whatever it first said). By default history comes only from what the user supplied: labelled imports
-    # (POST /admin/users/{user}/history).
+    # (POST /admin/users/{user}/history) and feedback on responses (POST /v1/rapport/feedback).
     learn_from_model_answers: bool = False
     # Which exchanges, when learn_from_model_answers is on: "always" (every recorded exchange of a named user,
     # as memory does), "when_enabled" (only requests where RPM conditioning is on) or "never".
@@ -56,3 +70,5 @@ class RPMSettings(BaseModel):
     learn_from_exchanges: Literal["always", "when_enabled", "never"] = "when_enabled"
     # Exchanges longer than this are not learnt from (a pasted document is not a labelled decision).
     max_exchange_chars: int = Field(default=4000, ge=100)
+    # Feedback on issued responses (POST /v1/rapport/feedback): the user's own signals, made history.
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)

@@ -54,6 +54,7 @@ class RPMStore:
         self._entries, self._features, self._factors, self._paths, self._builds = (
             t.entries, t.features, t.factors, t.paths, t.builds,
         )
+        self._issued = t.issued
 
     def close(self) -> None:
         # A Database handed in belongs to the server's `Databases`, which closes it.
@@ -185,6 +186,9 @@ class RPMStore:
     def forget_user(self, tenant: str, user: str) -> int:
         """Everything of the user, in one transaction; returns the number of history entries removed."""
         with self.db.write() as conn:
+            # The issued responses before the entries: a feedback being applied holds its issued row, then writes
+            # entries (reasoning/rpm/feedback_store.py), so it commits before this deletes what it wrote.
+            conn.execute(sa.delete(self._issued).where(self._scope(self._issued, tenant, user)))
             # The entries first: a derived write holding one of them commits before the rest is deleted.
             removed = int(conn.execute(sa.delete(self._entries).where(self._scope(self._entries, tenant, user))).rowcount)
             for table in (self._features, self._factors, self._paths, self._builds):

@@ -5,7 +5,8 @@ columns, keys and indexes), so an existing `rpm/rpm.sqlite3` is adopted as versi
 On PostgreSQL it is the same shape in that dialect: identity ids, BYTEA vectors, DOUBLE PRECISION times
 (PostgreSQL's REAL cannot hold an epoch to the second), `user` quoted (reserved there), and the tables named
 `rpm_*`: one shared database holds every store, and `entries` or `paths` alone would not say whose they are.
-Version 2 indexes paths by user, which a forget deletes by.
+Version 2 indexes paths by user, which a forget deletes by. Version 3 adds the issued responses that feedback
+refers to (reasoning/rpm/feedback_store.py).
 
 Embedded, the file stays where it always was, `<data_dir>/rpm/rpm.sqlite3` (store name `rpm/rpm`).
 """
@@ -32,6 +33,8 @@ class RPMTables:
     factors: sa.Table
     paths: sa.Table
     builds: sa.Table
+    # Responses RPM conditioned, kept (bounded) so that the user's feedback on one becomes history.
+    issued: sa.Table
 
 
 def _tables(prefix: str) -> RPMTables:
@@ -98,7 +101,23 @@ def _tables(prefix: str) -> RPMTables:
         sa.Column("message", sa.Text),
         sa.Column("updated_at", sa.Float, nullable=False),
     )
-    return RPMTables(entries, features, factors, paths, builds)
+    issued = sa.Table(
+        f"{prefix}issued",
+        metadata,
+        sa.Column("tenant", sa.Text, primary_key=True),
+        sa.Column("user", sa.Text, primary_key=True),
+        sa.Column("id", sa.Text, primary_key=True),
+        # Random per issue: the history entries a feedback wrote carry it in their `source`, so a second feedback
+        # finds (and replaces) them, and an upstream that reuses a response id does not reach an older answer's.
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("input", sa.Text, nullable=False),
+        sa.Column("answer", sa.Text, nullable=False),
+        sa.Column("task", sa.Text),
+        sa.Column("feedback", sa.Text),
+        sa.Column("feedback_at", sa.Float),
+    )
+    return RPMTables(entries, features, factors, paths, builds, issued)
 
 
 TABLES: dict[Dialect, RPMTables] = {dialect: _tables(prefix) for dialect, prefix in PREFIX.items()}
@@ -166,6 +185,24 @@ def _v2_paths_by_user(conn: Connection, db: Database) -> None:
     conn.exec_driver_sql(f'CREATE INDEX IF NOT EXISTS {table}_user ON {table} (tenant, "user")')
 
 
+_ISSUED_V3 = (
+    """CREATE TABLE IF NOT EXISTS {table} (
+    tenant TEXT NOT NULL, "user" TEXT NOT NULL, id TEXT NOT NULL, key TEXT NOT NULL, created_at {time} NOT NULL,
+    input TEXT NOT NULL, answer TEXT NOT NULL, task TEXT, feedback TEXT, feedback_at {time},
+    PRIMARY KEY (tenant, "user", id))""",
+    # The per-user cap trims a user's oldest; the retention purge takes the oldest of all.
+    'CREATE INDEX IF NOT EXISTS {table}_user_created ON {table} (tenant, "user", created_at)',
+    "CREATE INDEX IF NOT EXISTS {table}_created ON {table} (created_at)",
+)
+
+
+def _v3_issued(conn: Connection, db: Database) -> None:
+    table = TABLES[db.dialect].issued.name
+    time_type = "DOUBLE PRECISION" if db.is_postgres else "REAL"
+    for statement in _ISSUED_V3:
+        conn.exec_driver_sql(statement.format(table=table, time=time_type))
+
+
 SCHEMA = register(
     Schema(
         component="rpm",
@@ -174,6 +211,7 @@ SCHEMA = register(
             Migration(1, "history, features, factors, paths and builds (the embedded store's original shape)",
                       _v1_tables),
             Migration(2, "paths indexed by (tenant, user), as a forget deletes them", _v2_paths_by_user),
+            Migration(3, "issued responses, which a user's feedback turns into history", _v3_issued),
         ),
     )
 )

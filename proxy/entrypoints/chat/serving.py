@@ -81,7 +81,8 @@ class ChatServing:
         text, finish = _answer_text(result)
         if ctx.user is not None:
             result["rapport"] = self.pipeline.extension(ctx)
-        self.pipeline.after(ctx, ran, Exchange(ctx.original_messages, text, ctx.model, finish, result.get("usage") or {}))
+        exchange = Exchange(ctx.original_messages, text, ctx.model, finish, result.get("usage") or {}, _id_of(result))
+        self.pipeline.after(ctx, ran, exchange)
         return Response(
             content=orjson.dumps(result), media_type="application/json", headers=self.pipeline.headers(ctx)
         )
@@ -121,6 +122,7 @@ class ChatServing:
         parts: list[str] = []
         finish: str | None = None
         usage: dict[str, Any] = {}
+        response_id: str | None = None
         completed = False
         # One chain of the stages' filters per choice index, so that every choice (n > 1) is filtered.
         filters = (
@@ -131,10 +133,11 @@ class ChatServing:
         extension = self.pipeline.extension(ctx) if ctx.user is not None else None
 
         def send(chunk: dict[str, Any]) -> bytes:
-            nonlocal finish, usage, extension
+            nonlocal finish, usage, extension, response_id
             if extension is not None:  # on the first chunk that goes out
                 chunk, extension = {**chunk, "rapport": extension}, None
             finish = _collect(chunk, parts) or finish
+            response_id = response_id or _id_of(chunk)
             if chunk.get("usage"):
                 usage = chunk["usage"]
             return sse_data(chunk)
@@ -160,7 +163,7 @@ class ChatServing:
             # send its next message (which then waits for it: proxy/pipeline/recordings.py).
             try:
                 self._count_tokens(ctx.model, usage)
-                exchange = Exchange(ctx.original_messages, "".join(parts), ctx.model, finish, usage)
+                exchange = Exchange(ctx.original_messages, "".join(parts), ctx.model, finish, usage, response_id)
                 self.pipeline.after(ctx, ran, exchange)
             except Exception:
                 # The answer is already out: a failure to schedule learning from it must not cut the stream.
@@ -174,6 +177,12 @@ class ChatServing:
             value = usage.get(kind)
             if isinstance(value, int) and value > 0:
                 self.services.metrics.tokens.labels(model, kind.removesuffix("_tokens")).inc(value)
+
+
+def _id_of(event: dict[str, Any]) -> str | None:
+    """The response id the client sees (the upstream's `chatcmpl-...`), for feedback on the answer."""
+    value = event.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def _collect(event: dict[str, Any], parts: list[str]) -> str | None:

@@ -1,0 +1,178 @@
+"""The issued responses feedback refers to, and feedback written into RPM's history, on RPM's `Database`.
+
+Each response RPM conditioned for a named user is remembered as (tenant, user, response id) -> the user's query
+and the answer they got, so that the user's later rating, choice or correction of it can become a history entry.
+Bounded twice: rows older than the retention are not found and are purged as new ones are written, and a user
+keeps at most `max_per_user` (their oldest go first).
+
+Feedback entries carry `source = "feedback:<key>"`, the issued row's random key: a second feedback on the same
+response deletes the entries the first one wrote (with their features and reasoning paths) and writes its own,
+in one transaction, so the history holds one feedback per response. The link lives in the entry itself, so it
+survives an export and import of RPM's tables, whatever ids the entries get there.
+
+Lock order, the same in every writer: the issued row, then the user's entries. A forget (RPMStore.forget_user)
+deletes the issued rows first, so a feedback being applied commits before the forget deletes the entries it
+wrote, and a feedback that comes after the forget finds no response (404).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from reasoning.rpm.store import RPMStore
+from reasoning.rpm.store_schema import TABLES
+
+SOURCE_PREFIX = "feedback:"
+# Expired rows deleted per write: retention is enforced as rows are written, in small steps (no long sweep).
+PURGE_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedResponse:
+    response_id: str
+    key: str
+    created_at: float
+    input: str
+    answer: str
+    task: str | None
+    feedback: dict[str, Any] | None = None
+    feedback_at: float | None = None
+
+    @property
+    def source(self) -> str:
+        return SOURCE_PREFIX + self.key
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedFeedback:
+    entry_ids: list[int]
+    # How many entries of an earlier feedback on the same response were replaced.
+    replaced: int
+
+
+class FeedbackStore:
+    """Blocking calls, one transaction each; callers run them off the event loop."""
+
+    def __init__(self, store: RPMStore, *, retention_s: float, max_per_user: int) -> None:
+        self.db = store.db
+        tables = TABLES[self.db.dialect]
+        self._issued, self._entries, self._features, self._paths = (
+            tables.issued, tables.entries, tables.features, tables.paths,
+        )
+        self._retention_s = retention_s
+        self._max_per_user = max_per_user
+
+    def _cutoff(self) -> float:
+        return time.time() - self._retention_s
+
+    def _scope(self, table: sa.Table, tenant: str, user: str) -> sa.ColumnElement[bool]:
+        return sa.and_(table.c.tenant == tenant, table.c.user == user)
+
+    # -- issued responses --------------------------------------------------------------------------
+    def remember(
+        self, tenant: str, user: str, response_id: str, text: str, answer: str, task: str | None,
+        created_at: float | None = None,
+    ) -> None:
+        """Keep what a feedback on this response needs. The same id issued again (an upstream that repeats
+        ids) is a new response: it gets a new key and no feedback, and the earlier answer's feedback stays."""
+        t = self._issued
+        values = {"key": secrets.token_hex(8), "created_at": created_at or time.time(), "input": text,
+                  "answer": answer, "task": task, "feedback": None, "feedback_at": None}
+        stmt = self.db.insert(t).values(tenant=tenant, user=user, id=response_id, **values)
+        newest = (
+            sa.select(t.c.id)
+            .where(self._scope(t, tenant, user))
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(self._max_per_user)
+        )
+        expired = (
+            sa.select(t.c.tenant, t.c.user, t.c.id)
+            .where(t.c.created_at < self._cutoff())
+            .limit(PURGE_BATCH)
+            # PostgreSQL: replicas purging at once take different rows instead of waiting on each other.
+            .with_for_update(skip_locked=True)
+        )
+        with self.db.write() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.tenant, t.c.user, t.c.id], set_=values))
+            conn.execute(sa.delete(t).where(self._scope(t, tenant, user), t.c.id.not_in(newest)))
+            conn.execute(sa.delete(t).where(sa.tuple_(t.c.tenant, t.c.user, t.c.id).in_(expired)))
+
+    def issued(self, tenant: str, user: str, response_id: str) -> IssuedResponse | None:
+        t = self._issued
+        query = sa.select(t).where(self._scope(t, tenant, user), t.c.id == response_id, t.c.created_at >= self._cutoff())
+        with self.db.read() as conn:
+            row = conn.execute(query).mappings().first()
+        return _issued(row) if row is not None else None
+
+    def count(self, tenant: str, user: str) -> int:
+        t = self._issued
+        with self.db.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t).where(self._scope(t, tenant, user))).scalar_one())
+
+    # -- feedback ----------------------------------------------------------------------------------
+    def apply(
+        self, tenant: str, user: str, issued: IssuedResponse, items: list[tuple[str, str, str | None]],
+        feedback: dict[str, Any],
+    ) -> AppliedFeedback | None:
+        """Replace the response's feedback entries with `items` (input, response, task); None when the
+        response is not (or no longer) there for this user, or was issued again since `issued` was read
+        (the items describe the earlier answer)."""
+        response_id = issued.response_id
+        t, e = self._issued, self._entries
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(t.c.key)
+                .where(self._scope(t, tenant, user), t.c.id == response_id, t.c.created_at >= self._cutoff())
+                .with_for_update()
+            ).first()
+            if row is None or row.key != issued.key:
+                return None
+            source = SOURCE_PREFIX + str(row.key)
+            replaced = self._delete_entries(conn, tenant, user, source)
+            ids = [
+                int(
+                    conn.execute(
+                        sa.insert(e)
+                        .values(tenant=tenant, user=user, input=text, response=response, task=task, source=source,
+                                status="pending", created_at=now)
+                        .returning(e.c.id)
+                    ).scalar_one()
+                )
+                for text, response, task in items
+            ]
+            conn.execute(
+                sa.update(t)
+                .where(self._scope(t, tenant, user), t.c.id == response_id)
+                .values(feedback=json.dumps(feedback), feedback_at=now)
+            )
+        return AppliedFeedback(ids, replaced)
+
+    def _delete_entries(self, conn: Connection, tenant: str, user: str, source: str) -> int:
+        """An earlier feedback's entries with their features and paths (explicitly: SQLite does not enforce
+        the schema's ON DELETE CASCADE unless every connection turns foreign keys on)."""
+        e, f, p = self._entries, self._features, self._paths
+        old = [int(i) for i in conn.execute(
+            sa.select(e.c.id).where(self._scope(e, tenant, user), e.c.source == source)
+        ).scalars()]
+        if not old:
+            return 0
+        conn.execute(sa.delete(e).where(self._scope(e, tenant, user), e.c.id.in_(old)))
+        conn.execute(sa.delete(f).where(self._scope(f, tenant, user), f.c.entry_id.in_(old)))
+        conn.execute(sa.delete(p).where(self._scope(p, tenant, user), p.c.entry_id.in_(old)))
+        return len(old)
+
+
+def _issued(row: Any) -> IssuedResponse:
+    return IssuedResponse(
+        response_id=row["id"], key=row["key"], created_at=row["created_at"], input=row["input"],
+        answer=row["answer"], task=row["task"], feedback=json.loads(row["feedback"]) if row["feedback"] else None,
+        feedback_at=row["feedback_at"],
+    )
