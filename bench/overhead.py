@@ -22,8 +22,8 @@ Every server is its own process (one worker each) in front of one shared fake up
 Every Rapport checks a static proxy key, as LiteLLM's proxy checks its master key. The load generator
 (`bench/overhead_loadgen.py`) is a fresh asyncio aiohttp process per series. Non-stream and SSE stream
 requests (time to first byte and total) at each concurrency: a warm-up, then the measured requests. Each
-row's series run back to back; the sweep repeats `--rounds` times with the row order rotated, and samples
-are pooled over the rounds. Added latency is a row's percentile minus its baseline's. Each cell records
+(mode, concurrency) cell runs every row back to back (so a row and its baseline see the same background
+load); the sweep repeats `--rounds` times with the row order rotated, and samples are pooled over the rounds. Added latency is a row's percentile minus its baseline's. Each cell records
 the load average and the share of the machine other processes used meanwhile (`under_load` above 15%).
 
     .venv/bin/python bench/overhead.py                 # full run: JSON, PNG and a table
@@ -407,10 +407,13 @@ def main() -> None:
             total=args.rounds * len(names) * len(report.MODES) * len(levels), desc="cells", unit="cell"
         ) as bar:
             for rnd in range(args.rounds):
+                # Each (mode, concurrency) cell runs every row back to back, so a row and its baseline are measured
+                # within one sweep of that cell, under the same background load; the order rotates per round.
                 order = names[rnd % len(names) :] + names[: rnd % len(names)]
-                for name in order:
-                    row = ROWS[name]
-                    for plan in plan_series(args, row, levels, rnd):
+                plans = {name: plan_series(args, ROWS[name], levels, rnd) for name in order}
+                for cell in range(len(report.MODES) * len(levels)):
+                    for name in order:
+                        row, plan = ROWS[name], plans[name][cell]
                         bar.set_postfix_str(f"round {rnd + 1}: {name} {plan['mode']} c={plan['concurrency']}")
                         result = run_cell(servers[row.server], upstream, row, plan, workdir)
                         for key in ("mode", "concurrency", "requests", "warmup"):
