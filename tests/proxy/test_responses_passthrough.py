@@ -285,8 +285,19 @@ def test_upstream_failures_map_like_chat(server: Server, upstream: ScriptedUpstr
     assert passed.body == chat.body or (passed.body["code"] == chat.body["code"])  # type: ignore[index]
 
 
-def test_stream_cut_midway_ends_with_an_error_event_and_stores_nothing(server: Server, upstream: ScriptedUpstream) -> None:
-    upstream.script(Reply(kind="cut_stream", cut_after=6))
+def _broken_stream(how: str) -> Reply:
+    events = responses_events(ANSWER, "scripted")
+    if how == "cut":
+        return Reply(kind="cut_stream", cut_after=6)  # the connection drops after a few deltas
+    if how == "error-event":
+        return Reply(kind="stream", events=[*events[:6], {"type": "error", "code": "server_error", "message": "upstream broke", "sequence_number": 6}])
+    failed = {**response_object([], "scripted", status="failed"), "error": {"code": "server_error", "message": "upstream broke"}}
+    return Reply(kind="stream", events=[*events[:6], {"type": "response.failed", "response": failed, "sequence_number": 6}])
+
+
+@pytest.mark.parametrize("how", ["cut", "error-event", "failed-event"])
+def test_stream_broken_midway_ends_with_an_error_event_and_stores_nothing(server: Server, upstream: ScriptedUpstream, how: str) -> None:
+    upstream.script(_broken_stream(how))
     seen: list[Any] = []
     with pytest.raises(openai.APIError, match="upstream"):
         with sync_client(server).responses.stream(model=MODEL, input=QUESTION, extra_body=STAGES) as events:
@@ -296,6 +307,25 @@ def test_stream_cut_midway_ends_with_an_error_event_and_stores_nothing(server: S
     assert "response.completed" not in [e.type for e in seen]
     with pytest.raises(openai.NotFoundError):
         sync_client(server).responses.retrieve(seen[0].response.id)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["non-stream", "stream"])
+def test_an_answer_cut_by_max_output_tokens_is_incomplete(server: Server, upstream: ScriptedUpstream, streamed: bool) -> None:
+    cut = response_object([output_message("Harbor Shack: 4")], "scripted", status="incomplete", incomplete="max_output_tokens")
+    if streamed:
+        events = responses_events("Harbor Shack: 4", "scripted")
+        events[-1] = {"type": "response.incomplete", "response": cut, "sequence_number": events[-1]["sequence_number"]}
+        upstream.script(Reply(kind="stream", events=events))
+        got = list(sync_client(server).responses.create(model=MODEL, input=QUESTION, max_output_tokens=5, stream=True, extra_body=STAGES))
+        # The last event carries the whole response (the SDK's stream helper waits for a completed one only).
+        assert got[-1].type == "response.incomplete"
+        result: Any = got[-1].response  # type: ignore[union-attr]
+    else:
+        upstream.script(Reply(body=cut))
+        result = sync_client(server).responses.create(model=MODEL, input=QUESTION, max_output_tokens=5, extra_body=STAGES)
+    assert only_call(upstream)["max_output_tokens"] == 5
+    assert result.status == "incomplete" and result.incomplete_details is not None
+    assert result.incomplete_details.reason == "max_output_tokens" and result.output_text == "Harbor Shack: 4"
 
 
 def test_same_admission_caps_refusals_and_bound_keys(server: Server, upstream: ScriptedUpstream) -> None:

@@ -88,9 +88,10 @@ class PassthroughStream:
         if kind in ("response.output_item.added", "response.output_item.done") and isinstance(fields.get("item"), dict):
             item = fields["item"]
             if kind == "response.output_item.done":
-                for (owner, index), _ in list(self.parts.items()):
-                    if owner == self.ids.of(item.get("id"), item.get("type")):
-                        out.extend(self._close(owner, index, fields.get("output_index", 0)))
+                # Parts whose done events did not come (or came out of order) give up their tails now.
+                own = self.ids.of(item.get("id"), item.get("type"))
+                for owner, index in [key for key in self.parts if key[0] == own]:
+                    out.extend(self._close(owner, index, fields.get("output_index", 0)))
             fields["item"] = rewrite_item(item, self.ids, self._text)
             if kind == "response.output_item.done":
                 self.items[int(fields.get("output_index") or 0)] = fields["item"]
