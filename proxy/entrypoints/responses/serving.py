@@ -83,6 +83,8 @@ class ResponsesServing:
         ran = await self.pipeline.before(ctx)
         turn = _Turn(bridge.new_id("resp"), req, model, owner, [*earlier, *new], time.time())
         if self.services.upstream.passes_responses_through(model):
+            # The stages ran on the same chat-shaped body as on the bridge, so they personalize both alike;
+            # only the upstream call and the answer's translation differ.
             finish = functools.partial(self._finish, ctx, ran, turn)
             return await self.passthrough.answer(ctx, ran, req, principal, turn.response, finish)
         if ctx.stream:
