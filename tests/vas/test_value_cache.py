@@ -1,0 +1,81 @@
+"""The torch value session's prefix cache gives the values of a full recompute, step after step.
+
+The session keeps the KV cache of the prompt and the chosen prefix across steps and scores all
+candidates in one forward pass over it (a tree mask: each candidate sees the prefix and itself). These
+tests walk random prefixes of the real SmolLM2 backbone, with a head large enough that values are O(1),
+and compare each step against running every whole sequence from scratch.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from reasoning.vas.backends import TorchBackend, TorchSession
+from reasoning.vas.value_model import export, head, new_value_model, render_prompt, token_values
+
+pytestmark = pytest.mark.timeout(300)
+# float32 on CPU: the cached and the full pass sum the same products in a different order.
+TOL = 2e-4
+
+
+@pytest.fixture(scope="module")
+def backend(backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TorchBackend:
+    model, tok = new_value_model(backbone_dir, seed=0)
+    with torch.no_grad():
+        # The packaged init is near 0 everywhere (so any cache would "match"): spread the values out.
+        head(model).weight.normal_(0.0, 0.05)
+    return TorchBackend(export(model, tok, tmp_path_factory.mktemp("value") / "model", {"reward": "none"}))
+
+
+def _full(backend: TorchBackend, seqs: list[list[int]]) -> list[float]:
+    with torch.inference_mode():
+        return [float(token_values(backend.model, torch.tensor([ids]))[0, -1]) for ids in seqs]
+
+
+def test_random_prefixes_by_id_match_the_full_recompute(backend: TorchBackend) -> None:
+    rng = random.Random(7)
+    vocab = backend.tokenizer.vocab_size
+    prompt = backend.tokenizer(render_prompt(backend.tokenizer, [{"role": "user", "content": "Hi"}]),
+                               add_special_tokens=False).input_ids
+    session = backend.session()
+    prefix = list(prompt)
+    spread, cand_tokens = 0.0, 0
+    for step in range(8):
+        # Ten candidates, mostly one token, some longer (a byte run completed, a retokenized boundary).
+        cands = [[rng.randrange(vocab) for _ in range(rng.choice([1, 1, 1, 2, 3]))] for _ in range(10)]
+        seqs = [prefix + c for c in cands]
+        cand_tokens += sum(len(c) for c in cands)
+        got = session.score_ids(seqs)
+        want = _full(backend, seqs)
+        assert got == pytest.approx(want, abs=TOL), step
+        spread = max(spread, max(want) - min(want))
+        if step == 4:
+            # Another token inside the cached part: the cache is cut there and the rest run again.
+            prefix = [*prefix[: len(prompt) + 1], (prefix[len(prompt) + 1] + 1) % vocab]
+        else:
+            prefix += rng.choice(cands)
+    assert spread > 0.1  # the values differ across candidates, so equality says something
+    # Each step ran only the new prefix token and the candidates, not the whole sequence again.
+    # (a full recompute runs about 10 * len(prefix) tokens per step)
+    assert session.stats.tokens_run <= cand_tokens + len(prompt) + 8 * 3 + 1
+    assert session.stats.tokens_rerun > 0
+
+
+async def test_text_candidates_with_multibyte_tokens_match_the_full_recompute(backend: TorchBackend) -> None:
+    session = backend.session()
+    assert isinstance(session, TorchSession)
+    prefix = render_prompt(backend.tokenizer, [{"role": "user", "content": "Say hi."}]) + "Hello"
+    words = [" there", "!", " 你好", "😀", "n't", "", " world", " é", ",", " the"]
+    rng = random.Random(3)
+    for step in range(6):
+        cands = rng.sample(words, len(words))
+        got = await session.score(prefix, cands)
+        tok = backend.tokenizer
+        want = _full(backend, [tok(prefix + c, add_special_tokens=False).input_ids for c in cands])
+        assert got == pytest.approx(want, abs=TOL), step
+        prefix += cands[0]
+    assert session.stats.calls == 6
