@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from proxy.entrypoints.responses.store import SqlResponseStore, StoredResponse, responses_part
 from rapport.core.userdata import ImportFailed, TablesPart, is_empty
+from reasoning.rpm.feedback_store import FeedbackStore
 from reasoning.rpm.store import RPMStore
 from reasoning.rpm.store_schema import TABLES
 from reasoning.vas.store import ProfileStore
@@ -146,6 +147,8 @@ def fill(h: Any, tenant: str, user: str) -> None:
         assert r.status_code == 201, r.text
     [rpm] = [p for p in h.services.plugins if p.name == "rpm"]
     fill_rpm(rpm.engine.store, tenant, user)
+    FeedbackStore(rpm.engine.store, retention_s=30 * DAY, max_per_user=10).remember(
+        tenant, user, "resp_bees", "Do bees sleep?", "They rest at night.", None)
     [vas] = [p for p in h.services.plugins if p.name == "vas"]
     vas.engine.store.put(tenant, user, {"sentiment": 0.25}, None)
     app_responses = SqlResponseStore(h.services.databases.for_store("responses"), 30 * DAY)
@@ -183,6 +186,11 @@ def test_every_registered_part_round_trips_and_forgets_one_user_only(server: Any
             # A part that exports nothing here (or was registered through on_forget, without export) would be
             # checked for nothing below: fill() must give it data.
             assert not is_empty(doc["parts"][name]), f"part {name!r} holds nothing of the user after fill()"
+            section = doc["parts"][name]
+            if isinstance(section, dict):
+                # Every table (or list) of a part too: one added to a store later must get data in fill().
+                empty = sorted(key for key, rows in section.items() if isinstance(rows, list) and not rows)
+                assert not empty, f"part {name!r}: nothing of the user in {empty} after fill()"
 
         # The whole document into another user of the tenant and the same user of another tenant.
         for tenant, user in (("t1", "bob"), ("t2", "alice")):
