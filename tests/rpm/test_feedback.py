@@ -237,3 +237,22 @@ async def test_sdk_feedback_async(rapport: Any, scripted_upstream: Any) -> None:
             await client.feedback(got.id, user="bob", rating=2)
     entries = await asyncio.to_thread(history, rapport, "alice")
     assert [(e["task"], e["response"]) for e in entries] == [("rating", "2")]
+
+
+def test_feedback_travels_with_the_users_export(make_rapport: Any, scripted_upstream: Any) -> None:
+    rapport = make_rapport(rpm=RPM_ON)  # every plugin: the export and import routes are memory's admin API
+    got = chat(rapport, scripted_upstream, QUERY, "chatcmpl-export", "Try Steak House.")
+    remembered(rapport, "alice", got.id)
+    assert post_feedback(rapport, {"response_id": got.id, "user": "alice", "choice": "vegan"}).status_code == 200
+    with admin(rapport) as client:
+        document = client.get(f"/admin/users/alice/export?tenant={TENANT}").json()
+        [issued] = document["parts"]["rpm"]["issued"]
+        assert issued["id"] == got.id and issued["input"] == QUERY and issued["feedback"]
+        imported = client.post(f"/admin/users/carol/import?tenant={TENANT}", json=document)
+        assert imported.status_code == 201, imported.text
+        assert not imported.json()["errors"]
+    # The imported response takes carol's feedback, which replaces the imported one instead of adding to it.
+    r = post_feedback(rapport, {"response_id": got.id, "user": "carol", "choice": "seafood"})
+    assert r.status_code == 200 and r.json()["replaced"] == 1
+    assert [e["response"] for e in history(rapport, "carol")] == ["seafood"]
+    assert [e["response"] for e in history(rapport, "alice")] == ["vegan"]
