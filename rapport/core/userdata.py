@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from rapport.core.database import Database
+from rapport.core.database import Database, DatabaseUnavailable
 
 log = logging.getLogger("rapport.userdata")
 
@@ -35,6 +35,8 @@ VERSION = 2
 MEMORY_V1_FORMAT = "rapport.memory.v1"
 
 Counts = dict[str, int]
+# Errors that say the database cannot be reached (mapped to 503 at the HTTP boundary), never a part's failure.
+UNAVAILABLE = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.TimeoutError)
 UserKey = tuple[str, str]
 
 
@@ -134,6 +136,10 @@ class UserDataRegistry:
                 imported[name] = await part.import_(tenant, user, section)
             except ImportFailed as exc:
                 errors[name] = str(exc)
+            except UNAVAILABLE:
+                # The database is down, not the document wrong: the caller answers 503 and the client retries
+                # the whole document (an import writes nothing twice, so parts already done are not doubled).
+                raise
             except Exception as exc:
                 # Reported to the admin, logged here with its traceback: the other parts still import.
                 log.exception("importing the %s section of %s/%s failed", name, tenant, "<user>")
