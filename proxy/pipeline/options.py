@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from proxy.services import Services
 
 
+class OptionOutOfBounds(ValueError):
+    """An option that is valid in itself but beyond what this server's settings allow (a VAS cap)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class ConfigurableStage(Protocol):
     """What the resolver needs of a stage (every pipeline stage has it: proxy/pipeline/stage.py)."""
 
@@ -70,11 +78,17 @@ class StageOptionsResolver:
             self._defaults[stage.name] = default
             for index, entry in enumerate(settings.model_list):
                 setting = getattr(entry.personalization, stage.name, None)
+                where = f"model_list[{index}].personalization.{stage.name}"
                 try:
-                    self._layers[(entry.model_name, stage.name)] = _model_layer(stage, setting, default)
+                    layer = _model_layer(stage, setting, default)
+                    if layer is not default:
+                        _check_settings(stage, layer.resolved.options)
                 except ValidationError as exc:
-                    where = f"model_list[{index}].personalization.{stage.name}"
                     problems.extend(f"  {_param(where, err['loc'])}: {err['msg']}" for err in exc.errors())
+                except OptionOutOfBounds as exc:
+                    problems.append(f"  {where}.{exc.field}: {exc}")
+                else:
+                    self._layers[(entry.model_name, stage.name)] = layer
         if problems:
             raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
@@ -101,6 +115,15 @@ def _model_layer(stage: ConfigurableStage, setting: Any, default: _Layer) -> _La
     fields = dict(setting) if isinstance(setting, dict) else {}
     options = stage.options_model.model_validate(fields)
     return _Layer(fields, StageOptions(setting is not False, options, "model"))
+
+
+def _check_settings(stage: ConfigurableStage, options: BaseModel) -> None:
+    """A stage may also check options against the server's settings (`check_options`, raising
+    OptionOutOfBounds): for a model's options that is done here, so that they fail the start instead of
+    every request to that model with an error that names the request."""
+    check = getattr(stage, "check_options", None)
+    if check is not None:
+        check(options)
 
 
 def _with_request(stage: ConfigurableStage, layer: _Layer, setting: bool | dict[str, Any] | None) -> StageOptions:

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.pipeline.context import Exchange, RequestContext
+from proxy.pipeline.options import OptionOutOfBounds
 from proxy.pipeline.stage import Upstream
 from reasoning.vas.backends import ValueBackendDown
 from reasoning.vas.base_lm import BaseLM, BaseLMError, ChatPrefillLM, CompletionsLM
@@ -51,6 +52,15 @@ class VASStage:
         self._plugin = plugin
         self._services = plugin.services
         self.default_on = plugin.services.settings.vas.enabled_by_default
+
+    def check_options(self, options: BaseModel) -> None:
+        """A model's VAS options against the operator's caps, at start (proxy/pipeline/options.py)."""
+        assert isinstance(options, VASRequest)
+        try:
+            self._plugin.engine.check_caps(options)
+        except VASOptionError as exc:
+            field = exc.param.rsplit(".", 1)[-1]
+            raise OptionOutOfBounds(str(exc).replace(exc.param, field), field) from exc
 
     def wants(self, ctx: RequestContext) -> bool:
         # Chat and responses: where VAS is on but cannot steer (a Responses request), before() says so.

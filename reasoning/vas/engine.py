@@ -163,7 +163,7 @@ class VASEngine:
         if unknown:
             raise VASOptionError(f"Unknown value model(s): {', '.join(unknown)}", "rapport.vas.weights")
         beta = req.beta if req.beta is not None else (profile.beta if profile and profile.beta is not None else s.beta)
-        self._check_caps(req)
+        self.check_caps(req)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or s.max_tokens
         try:
             params = DecodeParams(
@@ -185,7 +185,7 @@ class VASEngine:
             raise VASOptionError(f"Invalid sampling option for VAS: {err['msg']}", str(err["loc"][0])) from exc
         return Plan(params, {k: v for k, v in weights.items() if v != 0.0}, source)
 
-    def _check_caps(self, req: VASRequest) -> None:
+    def check_caps(self, req: VASRequest) -> None:
         """The operator's caps on what a request may ask (400 naming the option, never a silent clamp)."""
         s = self.settings
         over = [

@@ -228,6 +228,15 @@ def test_bad_model_options_fail_the_start_naming_the_path(tmp_path: Path) -> Non
     assert "model_list[0]" not in message
 
 
+def test_model_options_beyond_the_servers_caps_fail_the_start(tmp_path: Path) -> None:
+    settings = rapport_settings(tmp_path, "http://127.0.0.1:9/v1")
+    settings.model_list[0].personalization = settings.model_list[0].personalization.model_copy(
+        update={"vas": {"best_of": 64}}
+    )
+    with pytest.raises(ConfigError, match=r"model_list\[0\]\.personalization\.vas\.best_of: best_of=64 is above"):
+        create_app(settings, ("proxy.stages.vas_plugin:build",))
+
+
 def test_a_misspelt_stage_in_a_model_fails_the_settings() -> None:
     with pytest.raises(ValueError, match=r"personalization\.memroy"):
         RapportSettings(local={"enabled": False}, model_list=[_model("m", "http://x/v1", {"memroy": True})])
