@@ -297,3 +297,40 @@ def test_a_restore_from_before_a_forget_is_forgotten_again_by_replay(
     # Replaying again finds nobody left to forget.
     again.stop()
     assert replay(again.settings, before_forget).forgotten == []
+
+
+def test_the_cli_prints_the_forget_log_and_replays_a_saved_one(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from memory.jobs import JobQueue
+    from rapport.core.userdata import user_digest
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    queue = JobQueue(data_dir / "jobs.sqlite3")
+    queue.forget_log.append("t1", "alice", at=50.0)
+    queue.forget_log.append("t1", "bob", at=10.0)
+    asyncio.run(queue.close())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
+    env.update(RAPPORT_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               LITELLM_LOCAL_MODEL_COST_MAP="True", COLUMNS="300")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy.cli", "db", *args], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+
+    printed = cli("forget-log", "--since", "20")
+    assert printed.returncode == 0, printed.stderr
+    [line] = [json.loads(x) for x in printed.stdout.splitlines() if x.strip()]
+    assert line == {"tenant": "t1", "user_digest": user_digest("t1", "alice"), "forgotten_at": 50.0}
+    saved = tmp_path / "forgets.jsonl"
+    saved.write_text(printed.stdout)
+    replayed = cli("replay-forgets", "--since", "20", "--log", str(saved))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "1 forgets logged" in replayed.stdout and "0 users" in replayed.stdout, replayed.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    refused = cli("replay-forgets", "--since", "0", "--log", str(bad))
+    assert refused.returncode == 1 and "line 1" in refused.stderr, refused.stderr
