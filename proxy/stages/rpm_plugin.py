@@ -9,6 +9,7 @@ per choice index) (both below).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rapport.rpm")
 
 JOB_KIND = "rpm.build"
+# ctx.state key: the user's forget generation when the request started (checked as the response is remembered).
+FORGET_GENERATION = "rpm.forget_generation"
 
 
 def finalize_text(ctx: RequestContext, text: str) -> str:
@@ -77,10 +80,16 @@ class RPMStage:
     async def before(self, ctx: RequestContext) -> dict[str, Any]:
         options = ctx.stage_options[self.name].options
         assert ctx.user is not None and isinstance(options, RPMRequestOptions)
+        # Read as the request starts: a forget landing before the recording keeps this response from being
+        # remembered for feedback (reasoning/rpm/feedback_store.py).
+        generation = self._plugin.feedback.generation(ctx.tenant, ctx.user)
         if not self.conditioning(ctx):
+            ctx.state[FORGET_GENERATION] = await generation
             return {"conditioned": False, "learning": True}
         query = self._query(ctx)
-        cond = await self._plugin.engine.condition(ctx.tenant, ctx.user, query, options)
+        ctx.state[FORGET_GENERATION], cond = await asyncio.gather(
+            generation, self._plugin.engine.condition(ctx.tenant, ctx.user, query, options)
+        )
         strip = not cond.details.get("return_reasoning", False)
         ctx.state["rpm"] = {"strip_reasoning": strip and cond.system is not None}
         if cond.system is not None:
@@ -102,7 +111,7 @@ class RPMStage:
             # Kept so that the user's feedback on this response can become history (reasoning/rpm/feedback.py).
             await self._plugin.feedback.remember(
                 ctx.tenant, ctx.user, exchange.response_id, last_user_text(exchange.messages),
-                strip_reasoning(exchange.response_text or ""), ctx.options.task,
+                strip_reasoning(exchange.response_text or ""), ctx.options.task, ctx.state.get(FORGET_GENERATION),
             )
         # The exchange's response is the model's answer, not the user's: learnt only when the operator
         # opted into that (rpm.learn_from_model_answers, off by default; see RPMSettings for why).

@@ -18,6 +18,7 @@ ran on (feedback_store.py), off the request path, bounded by a retention and a p
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,16 +101,27 @@ class FeedbackBook:
         self.settings = settings
         self.store = store
 
-    async def remember(self, tenant: str, user: str, response_id: str, text: str, answer: str, task: str | None) -> bool:
-        """Keep a response for feedback; False when there is nothing to keep (feedback off, no query text)."""
+    async def generation(self, tenant: str, user: str) -> int | None:
+        """The user's forget generation, read as a request starts (None with feedback off: nothing to guard)."""
+        if not self.settings.enabled:
+            return None
+        return await asyncio.to_thread(self.store.generation, tenant, user)
+
+    async def remember(
+        self, tenant: str, user: str, response_id: str, text: str, answer: str, task: str | None,
+        generation: int | None = None,
+    ) -> bool:
+        """Keep a response for feedback; False when there is nothing to keep (feedback off, no query text) or
+        the user was forgotten since `generation` (read when the request started) was read."""
         text = text.strip()
         if not self.settings.enabled or not text or not 0 < len(response_id) <= MAX_RESPONSE_ID:
             return False
         limit = self.settings.max_chars
         text, _ = cap_text(text, limit)
         answer, _ = cap_text(answer.strip(), limit)
-        await asyncio.to_thread(self.store.remember, tenant, user, response_id, text, answer, task)
-        return True
+        return await asyncio.to_thread(
+            functools.partial(self.store.remember, tenant, user, response_id, text, answer, task, generation=generation)
+        )
 
     async def give(self, tenant: str, user: str, response_id: str, feedback: Feedback) -> FeedbackResult | None:
         """Write the feedback into the user's history (replacing an earlier one on the same response);

@@ -10,6 +10,13 @@ response deletes the entries the first one wrote (with their features and reason
 in one transaction, so the history holds one feedback per response. The link lives in the entry itself, so it
 survives an export and import of RPM's tables, whatever ids the entries get there.
 
+A forget that lands while a response is on its way to being remembered (the write comes after the answer) must
+not be outlived by it: the request reads the user's forget generation when it starts (`generation`), and the
+write re-reads it inside its own transaction and writes nothing if a forget bumped it since. The read is ordered
+against the forget's bump by a lock on the same row: on PostgreSQL the write makes the row if it is missing
+(INSERT .. ON CONFLICT DO NOTHING, which waits for a forget inserting it) and reads it FOR SHARE (which waits for
+a forget updating it); on SQLite the write transaction holds the file's only write lock from BEGIN.
+
 Lock order, the same in every writer: the issued row, then the user's entries. A forget (RPMStore.forget_user)
 deletes the issued rows first, so a feedback being applied commits before the forget deletes the entries it
 wrote, and a feedback that comes after the forget finds no response (404).
@@ -26,8 +33,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from rapport.core.userdata import user_digest
 from reasoning.rpm.store import RPMStore
-from reasoning.rpm.store_schema import TABLES
+from reasoning.rpm.store_schema import FORGETS, TABLES
 
 SOURCE_PREFIX = "feedback:"
 # Expired rows deleted per write: retention is enforced as rows are written, in small steps (no long sweep).
@@ -66,6 +74,7 @@ class FeedbackStore:
         self._issued, self._entries, self._features, self._paths = (
             tables.issued, tables.entries, tables.features, tables.paths,
         )
+        self._forgets = FORGETS[self.db.dialect]
         self._retention_s = retention_s
         self._max_per_user = max_per_user
 
@@ -75,13 +84,28 @@ class FeedbackStore:
     def _scope(self, table: sa.Table, tenant: str, user: str) -> sa.ColumnElement[bool]:
         return sa.and_(table.c.tenant == tenant, table.c.user == user)
 
+    # -- forget generations ------------------------------------------------------------------------
+    def generation(self, tenant: str, user: str) -> int:
+        """The user's forget generation now (0 until first forgotten): read as a request starts."""
+        g = self._forgets
+        with self.db.read() as conn:
+            value = conn.execute(sa.select(g.c.generation).where(g.c.user_key == user_digest(tenant, user))).scalar()
+        return int(value or 0)
+
+    def _generation_locked(self, conn: Connection, tenant: str, user: str) -> int:
+        g = self._forgets
+        key = user_digest(tenant, user)
+        conn.execute(self.db.insert(g).values(user_key=key, generation=0).on_conflict_do_nothing(index_elements=[g.c.user_key]))
+        return int(conn.execute(sa.select(g.c.generation).where(g.c.user_key == key).with_for_update(read=True)).scalar_one())
+
     # -- issued responses --------------------------------------------------------------------------
     def remember(
         self, tenant: str, user: str, response_id: str, text: str, answer: str, task: str | None,
-        created_at: float | None = None,
-    ) -> None:
-        """Keep what a feedback on this response needs. The same id issued again (an upstream that repeats
-        ids) is a new response: it gets a new key and no feedback, and the earlier answer's feedback stays."""
+        created_at: float | None = None, *, generation: int | None = None,
+    ) -> bool:
+        """Keep what a feedback on this response needs; False (nothing written) when the user was forgotten
+        since `generation` was read. The same id issued again (an upstream that repeats ids) is a new
+        response: it gets a new key and no feedback, and the earlier answer's feedback stays."""
         t = self._issued
         values = {"key": secrets.token_hex(8), "created_at": created_at or time.time(), "input": text,
                   "answer": answer, "task": task, "feedback": None, "feedback_at": None}
@@ -100,9 +124,12 @@ class FeedbackStore:
             .with_for_update(skip_locked=True)
         )
         with self.db.write() as conn:
+            if generation is not None and self._generation_locked(conn, tenant, user) != generation:
+                return False
             conn.execute(stmt.on_conflict_do_update(index_elements=[t.c.tenant, t.c.user, t.c.id], set_=values))
             conn.execute(sa.delete(t).where(self._scope(t, tenant, user), t.c.id.not_in(newest)))
             conn.execute(sa.delete(t).where(sa.tuple_(t.c.tenant, t.c.user, t.c.id).in_(expired)))
+        return True
 
     def issued(self, tenant: str, user: str, response_id: str) -> IssuedResponse | None:
         t = self._issued

@@ -24,8 +24,9 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from rapport.core.database import Database
 from rapport.core.migrations import open_store
+from rapport.core.userdata import user_digest
 from reasoning.rpm.models import Factor, FactorStats, Feature, HistoryEntry, ReasoningPath, StoredFeature
-from reasoning.rpm.store_schema import SCHEMA, TABLES
+from reasoning.rpm.store_schema import FORGETS, SCHEMA, TABLES
 
 _FEATURE_COLUMNS = ("id", "entry_id", "name", "value", "evidence", "extractor", "factor_id")
 
@@ -55,6 +56,7 @@ class RPMStore:
             t.entries, t.features, t.factors, t.paths, t.builds,
         )
         self._issued = t.issued
+        self._forgets = FORGETS[self.db.dialect]
 
     def close(self) -> None:
         # A Database handed in belongs to the server's `Databases`, which closes it.
@@ -186,6 +188,9 @@ class RPMStore:
     def forget_user(self, tenant: str, user: str) -> int:
         """Everything of the user, in one transaction; returns the number of history entries removed."""
         with self.db.write() as conn:
+            # First: a response being remembered for a request that began before this forget then writes
+            # nothing (reasoning/rpm/feedback_store.py reads this row in its own write transaction).
+            self._bump_generation(conn, tenant, user)
             # The issued responses before the entries: a feedback being applied holds its issued row, then writes
             # entries (reasoning/rpm/feedback_store.py), so it commits before this deletes what it wrote.
             conn.execute(sa.delete(self._issued).where(self._scope(self._issued, tenant, user)))
@@ -194,6 +199,11 @@ class RPMStore:
             for table in (self._features, self._factors, self._paths, self._builds):
                 conn.execute(sa.delete(table).where(self._scope(table, tenant, user)))
             return removed
+
+    def _bump_generation(self, conn: Connection, tenant: str, user: str) -> None:
+        g = self._forgets
+        stmt = self.db.insert(g).values(user_key=user_digest(tenant, user), generation=1)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[g.c.user_key], set_={"generation": g.c.generation + 1}))
 
     def users(self, tenant: str) -> list[str]:
         e = self._entries

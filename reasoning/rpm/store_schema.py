@@ -6,7 +6,9 @@ On PostgreSQL it is the same shape in that dialect: identity ids, BYTEA vectors,
 (PostgreSQL's REAL cannot hold an epoch to the second), `user` quoted (reserved there), and the tables named
 `rpm_*`: one shared database holds every store, and `entries` or `paths` alone would not say whose they are.
 Version 2 indexes paths by user, which a forget deletes by. Version 3 adds the issued responses that feedback
-refers to (reasoning/rpm/feedback_store.py).
+refers to (reasoning/rpm/feedback_store.py). Version 4 adds a forget generation per user (`forgets` /
+`rpm_forgets`, keyed by a digest of tenant and user, so the row that outlives a forget names no one): a response
+remembered by a request that began before the user's forget is not written after it.
 
 Embedded, the file stays where it always was, `<data_dir>/rpm/rpm.sqlite3` (store name `rpm/rpm`).
 """
@@ -122,6 +124,19 @@ def _tables(prefix: str) -> RPMTables:
 
 TABLES: dict[Dialect, RPMTables] = {dialect: _tables(prefix) for dialect, prefix in PREFIX.items()}
 
+
+def _forgets(prefix: str) -> sa.Table:
+    # Not in RPMTables: its rows are no user's data (no tenant or user column), and they must outlive a forget.
+    return sa.Table(
+        f"{prefix}forgets",
+        sa.MetaData(),
+        sa.Column("user_key", sa.Text, primary_key=True),
+        sa.Column("generation", sa.Integer, nullable=False),
+    )
+
+
+FORGETS: dict[Dialect, sa.Table] = {dialect: _forgets(prefix) for dialect, prefix in PREFIX.items()}
+
 # The embedded store's DDL as it always was (reasoning/rpm/store.py before the move), run verbatim on SQLite.
 _SQLITE_V1 = (
     """CREATE TABLE IF NOT EXISTS entries (
@@ -203,6 +218,13 @@ def _v3_issued(conn: Connection, db: Database) -> None:
         conn.exec_driver_sql(statement.format(table=table, time=time_type))
 
 
+def _v4_forgets(conn: Connection, db: Database) -> None:
+    table = FORGETS[db.dialect].name
+    conn.exec_driver_sql(
+        f"CREATE TABLE IF NOT EXISTS {table} (user_key TEXT NOT NULL PRIMARY KEY, generation INTEGER NOT NULL)"
+    )
+
+
 SCHEMA = register(
     Schema(
         component="rpm",
@@ -212,6 +234,7 @@ SCHEMA = register(
                       _v1_tables),
             Migration(2, "paths indexed by (tenant, user), as a forget deletes them", _v2_paths_by_user),
             Migration(3, "issued responses, which a user's feedback turns into history", _v3_issued),
+            Migration(4, "a forget generation per user, checked as an issued response is written", _v4_forgets),
         ),
     )
 )

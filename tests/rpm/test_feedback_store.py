@@ -4,9 +4,11 @@ retention, and removed by the user's forget."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from reasoning.rpm.config import FeedbackSettings
@@ -15,6 +17,7 @@ from reasoning.rpm.feedback_store import FeedbackStore
 from reasoning.rpm.models import Feature
 from reasoning.rpm.store import RPMStore
 from reasoning.rpm.store_schema import TABLES
+from tests.support.helpers import wait_until
 from tests.support.postgres import Backend
 
 DAY = 86400.0
@@ -126,3 +129,42 @@ async def test_feedback_book_turns_each_signal_into_history(storage: Backend) ->
     assert entries["rating"].response == "4" and entries["rating"].input.startswith("Where should we eat?\nAnswer rated: Try")
     assert await book.give("t", "someone-else", "resp_1", Feedback(rating=1)) is None
     assert await book.give("t", "u", "resp_2", Feedback(rating=1)) is None
+
+
+def test_a_response_remembered_for_a_request_begun_before_a_forget_is_not_written(storage: Backend) -> None:
+    store, feedback = open_stores(storage)
+    started = feedback.generation("t", "u")  # as the request starts
+    assert started == 0
+    feedback.remember("t", "u", "chatcmpl-before", "q", "a", None, generation=started)
+    store.forget_user("t", "u")  # lands while the next answer is on its way
+    assert not feedback.remember("t", "u", "chatcmpl-racing", "my PIN is 4821", "noted", None, generation=started)
+    assert feedback.count("t", "u") == 0 and feedback.issued("t", "u", "chatcmpl-racing") is None
+    # A request begun after the forget is remembered again, and another user never waited on this one's forget.
+    assert feedback.remember("t", "u", "chatcmpl-after", "q", "a", None, generation=feedback.generation("t", "u"))
+    assert feedback.remember("t", "v", "chatcmpl-v", "q", "a", None, generation=0)
+    assert feedback.count("t", "u") == 1 and feedback.count("t", "v") == 1
+
+
+def test_on_postgres_a_remember_waits_for_a_forget_in_flight(storage: Backend) -> None:
+    if storage.name != "postgres":
+        pytest.skip("SQLite serializes every write transaction on the file's write lock")
+    store, feedback = open_stores(storage)
+    started = feedback.generation("t", "u")
+    watcher = storage.open()
+    result: list[bool] = []
+    with store.db.write() as conn:
+        # The forget's first step, not yet committed: the user's generation row is being inserted.
+        store._bump_generation(conn, "t", "u")
+        racing = threading.Thread(
+            target=lambda: result.append(feedback.remember("t", "u", "chatcmpl-racing", "q", "a", None, generation=started))
+        )
+        racing.start()
+
+        def waiting() -> bool:
+            with watcher.read() as w:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                return int(w.exec_driver_sql(query).scalar_one()) > 0
+
+        wait_until(waiting, within=30)
+    racing.join(30)
+    assert result == [False] and feedback.count("t", "u") == 0
