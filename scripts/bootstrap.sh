@@ -27,7 +27,7 @@ if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
-EXTRAS="${RAPPORT_EXTRAS:-local,dev,train}"
+EXTRAS="${RAPPORT_EXTRAS:-local,dev,train,docs}"
 STAMP=.venv/.rapport-installed
 want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) $EXTRAS"
 if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
