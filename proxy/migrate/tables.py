@@ -98,6 +98,8 @@ TABLE_COPIES: tuple[TableCopy, ...] = (
         "rpm paths", RPM_STORE, _SQLITE_RPM.paths.name, _PG_RPM.paths, where=_with_entry(_SQLITE_RPM.entries.name)
     ),
     TableCopy("rpm builds", RPM_STORE, _SQLITE_RPM.builds.name, _PG_RPM.builds),
+    # Responses a feedback may still refer to (their feedback entries are in rpm history already).
+    TableCopy("rpm issued", RPM_STORE, _SQLITE_RPM.issued.name, _PG_RPM.issued),
     TableCopy("vas profiles", VAS_STORE, "vas_profiles", vas_profiles),
     TableCopy("responses", RESPONSES_STORE, "responses", responses),
 )

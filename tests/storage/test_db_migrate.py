@@ -237,7 +237,7 @@ def test_migrate_copies_an_embedded_data_dir_into_postgres(
     second = migrate(data_dir, url, tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert target_counts(url) == after and memory_per_user(url) == per_user
-    assert len(rows_copied(first.stdout)) == 12  # every store has its row in the table
+    assert len(rows_copied(first.stdout)) == 13  # every store has its row in the table
     assert rows_copied(second.stdout) == {label: 0 for label in rows_copied(first.stdout)}
     assert rows_copied(first.stdout)["memory items"] == source[MEMORY_TABLE]
 
