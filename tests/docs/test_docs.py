@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,12 @@ def test_no_file_names_a_path_of_one_machine(name: str) -> None:
     text = (ROOT / name).read_text()
     for marker in ("/work/", "/tmp/", "/root/", "/home/"):
         assert marker not in text, f"{name} names {marker}"
+
+
+def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) < 200
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if target.startswith("http"):
+            continue
+        assert (ROOT / target).exists(), f"README links to {target}, which is not there"
