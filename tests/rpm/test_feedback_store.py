@@ -168,3 +168,13 @@ def test_on_postgres_a_remember_waits_for_a_forget_in_flight(storage: Backend) -
         wait_until(waiting, within=30)
     racing.join(30)
     assert result == [False] and feedback.count("t", "u") == 0
+
+
+async def test_feedback_off_remembers_nothing_and_finds_nothing(storage: Backend) -> None:
+    _, feedback = open_stores(storage)
+    feedback.remember("t", "u", "resp_1", "q", "a", None)  # remembered while it was on
+    off = FeedbackBook(FeedbackSettings(enabled=False), feedback)
+    assert await off.generation("t", "u") is None
+    assert not await off.remember("t", "u", "resp_2", "q", "a", None)
+    assert feedback.issued("t", "u", "resp_2") is None
+    assert await off.give("t", "u", "resp_1", Feedback(rating=3)) is None
