@@ -159,7 +159,31 @@ def replica_rss(data: dict[str, Any]) -> str:
         "No runs in replica_rss.json.\n")
 
 
+def overhead(data: dict[str, Any]) -> str:
+    rows = []
+    for contender, modes in data["added"].items():
+        for mode, cells in modes.items():
+            for conc, r in sorted(cells.items(), key=lambda kv: int(kv[0])):
+                main = r.get("ttfb") if mode == "stream" else r.get("total")
+                total = r.get("total") if mode == "stream" else None
+                rows.append([
+                    f"`{contender}`", "stream TTFB" if mode == "stream" else mode, conc,
+                    _num((main or {}).get("p50"), 2), _num((main or {}).get("p95"), 2), _num((main or {}).get("p99"), 2),
+                    _num((total or {}).get("p50"), 2) if total else "-",
+                    _num(r.get("server_cpu_ms_per_request"), 2), _num(r.get("errors")),
+                    "yes" if r.get("under_load") else "no",
+                ])
+    head = (f"Measured {data.get('when', '?')} at commit `{(data.get('git') or {}).get('commit', '?')[:7]}` on "
+            f"{(data.get('machine') or {}).get('cpus', '?')} CPUs; added latency = the row's percentile minus its "
+            "baseline's (direct to the fake upstream), ms. \"under load\": other processes used more than 15% of "
+            "the machine during that cell.\n\n")
+    return head + _table(
+        ["row", "mode", "conc", "added p50", "added p95", "added p99", "stream total added p50",
+         "server CPU ms/req", "errors", "under load"], rows) + "\n" + _load_note(data)
+
+
 RENDERERS: dict[str, tuple[str, Renderer]] = {
+    "overhead.md": ("overhead.json", overhead),
     "locomo_recall.md": ("locomo_recall.json", locomo_recall),
     "memory_retrieval.md": ("memory.json", memory_retrieval),
     "memory_ingest.md": ("memory.json", memory_ingest),
