@@ -88,8 +88,6 @@ def is_empty(section: Any) -> bool:
 class UserDataRegistry:
     def __init__(self) -> None:
         self._parts: dict[str, UserDataPart] = {}
-        # Called with (tenant, user) before any part forgets (the job queue records the forget there first).
-        self.before_forget: list[Callable[[str, str], Awaitable[Any]]] = []
 
     def register(self, part: UserDataPart) -> None:
         if part.name in self._parts and self._parts[part.name] is not part:
@@ -103,9 +101,8 @@ class UserDataRegistry:
         return self._parts.get(name)
 
     async def forget(self, tenant: str, user: str) -> dict[str, Counts]:
-        """Every part's forget, in the order they registered; what each removed."""
-        for hook in self.before_forget:
-            await hook(tenant, user)
+        """Every part's forget, in the order they registered; what each removed (the job queue's `forget_user`
+        logs the forget and deletes the user's jobs first)."""
         return {part.name: await part.forget(tenant, user) for part in self.parts()}
 
     async def export(self, tenant: str, user: str) -> dict[str, Any]:
