@@ -27,6 +27,8 @@ def test_doc_pages_load_only_what_rapport_serves(make_rapport, page: str) -> Non
             asset = client.get(url)
             assert asset.status_code == 200, url
             assert len(asset.content) > 0
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
         assert "fonts.googleapis.com" not in response.text
         assert "cdn.jsdelivr.net" not in response.text
 
