@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,32 @@ class Conditioning:
 
     system: str | None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class UserLocks:
+    """One lock per user, kept only while someone holds or waits for it: a lock per user ever built stayed
+    in memory for good, growing with the users a process served. Event-loop only (no thread touches it)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, left = self._locks[key]
+            if left <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, left - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class RPMEngine:
@@ -69,7 +96,7 @@ class RPMEngine:
             else None
         )
         self.builder = Builder(store, embedder, settings, self.llm_extractor, self.cheap, writer)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = UserLocks()
 
     @classmethod
     def open(
@@ -91,7 +118,7 @@ class RPMEngine:
         rebuild: bool = False,
     ) -> BuildReport:
         # One build per user at a time: two would extract the same pending entries twice.
-        async with self._locks[(tenant, user)]:
+        async with self._locks.hold((tenant, user)):
             if rebuild:
                 await asyncio.to_thread(self.store.reset_user, tenant, user)
             try:
@@ -104,7 +131,7 @@ class RPMEngine:
                 raise
 
     async def forget(self, tenant: str, user: str) -> int:
-        async with self._locks[(tenant, user)]:
+        async with self._locks.hold((tenant, user)):
             return await asyncio.to_thread(self.store.forget_user, tenant, user)
 
     # -- request path (stage 3) --------------------------------------------------------------------
