@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,9 +85,19 @@ def _of_user(table: sa.Table, tenant: str, user: str) -> sa.ColumnElement[bool]:
     return sa.and_(table.c.tenant == tenant, table.c.user == user)
 
 
+# Latest summaries kept in memory (embedded only), least recently read out first: one entry per (user, task)
+# served, so unbounded it grew with every user a process ever served.
+SUMMARY_CACHE_ENTRIES = 4096
+
+
 class Catalog:
     def __init__(
-        self, database: Database | Path | str, *, cache_summaries: bool | None = None, migrate: bool = True
+        self,
+        database: Database | Path | str,
+        *,
+        cache_summaries: bool | None = None,
+        migrate: bool = True,
+        summary_cache_entries: int = SUMMARY_CACHE_ENTRIES,
     ) -> None:
         self._db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         # The per-user forget generations live in the catalog's database (memory/generations.py).
@@ -96,7 +107,8 @@ class Catalog:
         # any moment, so it is read from the database each time (one primary-key lookup): a cached summary
         # would outlive a forget made on another replica.
         self._cache_summaries = (not self._db.is_postgres) if cache_summaries is None else cache_summaries
-        self._latest: dict[tuple[str, str, str], Summary | None] = {}
+        self._latest: OrderedDict[tuple[str, str, str], Summary | None] = OrderedDict()
+        self._latest_max = summary_cache_entries
         self._cache_lock = threading.Lock()
         # Bumped by every change of a summary: a read that started before it does not fill the cache.
         self._generation = 0
@@ -213,13 +225,25 @@ class Catalog:
         with self._cache_lock:
             self._generation += 1
             if self._cache_summaries:
-                self._latest[(tenant, user, task)] = summary
+                self._remember((tenant, user, task), summary)
         return summary
+
+    def _remember(self, key: tuple[str, str, str], summary: Summary | None) -> None:
+        """Cache one latest summary (the caller holds the cache lock)."""
+        self._latest[key] = summary
+        self._latest.move_to_end(key)
+        while len(self._latest) > self._latest_max:
+            self._latest.popitem(last=False)
+
+    def cached_summaries(self) -> int:
+        with self._cache_lock:
+            return len(self._latest)
 
     def latest_summary(self, tenant: str, user: str, task: str) -> Summary | None:
         key = (tenant, user, task)
         with self._cache_lock:
             if key in self._latest:
+                self._latest.move_to_end(key)
                 return self._latest[key]
             generation = self._generation
         with self._db.read() as conn:
@@ -232,7 +256,7 @@ class Catalog:
         summary = _summary(row) if row is not None else None
         with self._cache_lock:
             if self._cache_summaries and generation == self._generation:
-                self._latest[key] = summary
+                self._remember(key, summary)
         return summary
 
     def summaries(self, tenant: str, user: str, task: str | None = None) -> list[Summary]:
