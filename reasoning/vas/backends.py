@@ -75,7 +75,7 @@ class TorchBackend:
     """In-process torch; one model shared by all sessions, forward passes serialised by a lock."""
 
     def __init__(self, path: Path, name: str | None = None, threads: int | None = None,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, dtype: str = "float32") -> None:
         self.path = Path(path)
         self.name = name or self.path.name
         # Where value passes run: the engine's own pool in the proxy, so that long forward passes never
@@ -85,6 +85,10 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.model, self.tokenizer = load_value_model(self.path)
+        if dtype != "float32":
+            # bfloat16 halves the weights read per pass (the bound on a CPU step); values move by ~1e-2
+            # relative, so it is an opt-in measured in bench/vas_cost_llama.py, not the default.
+            self.model.to(getattr(torch, dtype))
         self._lock = threading.Lock()
 
     def session(self) -> TorchSession:
@@ -167,7 +171,7 @@ class TorchSession:
                 input_ids=tokens, position_ids=positions, attention_mask=mask,
                 past_key_values=self._cache, use_cache=True,
             ).last_hidden_state
-            values = head(model)(hidden[0, last]).squeeze(-1)
+            values = head(model)(hidden[0, last]).squeeze(-1).float()
             self._cache.crop(-sum(len(s) for s in suffixes))  # the candidates leave; the prefix stays
             self._ids = list(shared)
         self.stats.calls += 1

@@ -79,3 +79,20 @@ async def test_text_candidates_with_multibyte_tokens_match_the_full_recompute(ba
         assert got == pytest.approx(want, abs=TOL), step
         prefix += cands[0]
     assert session.stats.calls == 6
+
+
+def test_bfloat16_session_tracks_its_own_full_recompute_and_float32(backend: TorchBackend) -> None:
+    half = TorchBackend(backend.path, dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    rng = random.Random(11)
+    prefix = backend.tokenizer(render_prompt(backend.tokenizer, [{"role": "user", "content": "Hi"}]),
+                               add_special_tokens=False).input_ids
+    session = half.session()
+    for _ in range(3):
+        seqs = [[*prefix, rng.randrange(backend.tokenizer.vocab_size)] for _ in range(10)]
+        got, want = session.score_ids(seqs), _full(backend, seqs)
+        spread = max(want) - min(want)
+        # bfloat16 keeps ~3 significant digits: the values stay close to float32's next to their spread.
+        assert max(abs(g - w) for g, w in zip(got, want, strict=True)) < 0.1 * spread + 0.02
+        assert _full(half, seqs) == pytest.approx(got, abs=0.1 * spread + 0.02)
+        prefix = seqs[0]
