@@ -3,6 +3,7 @@ for both value backends, and what differing base/value tokenizers cost.
 
     .venv/bin/python -m bench.vas        # everything, README numbers (resumable: rerun continues)
     .venv/bin/python -m bench.vas --sections cost --tag quiet   # clean-machine timing rows
+    .venv/bin/python -m bench.vas --sections llama_cost --tag quiet   # in-process llama.cpp base, per step
 
 The defaults are the README run (32 held-out prompts, 20 tokens, beta 0/3/8, budget on 16 prompts, block K=4,
 3 prompts for the tokenizer replay and the cost rows).
@@ -29,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.vas_cost import cost_section
+from bench.vas_cost_llama import llama_cost_section
 from bench.vas_data import HELD_OUT, REWARD_OPTIONS, TRAIN, RowCache, reward_fn, summarize
 from bench.vas_report import plot, print_tables
 from reasoning.vas.backends import TorchBackend, ValueBackend
@@ -41,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 REWARDS = ["conciseness", "readability", "sentiment", "formality"]
-SECTIONS = ["train", "sweep", "budget", "tokenizer", "cost"]
+SECTIONS = ["train", "sweep", "budget", "tokenizer", "cost", "llama_cost"]
 
 
 
@@ -312,7 +314,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     old = json.loads((out / "vas.json").read_text()) if (out / "vas.json").is_file() else {}
     results: dict[str, Any] = old if "configs" in old else {}
-    results.setdefault("configs", {})[args.tag] = {
+    # A run of the llama_cost section alone (its own quiet rerun) keeps the full run's config, training and
+    # load records: its own go under its own key.
+    alone = set(args.sections) <= {"llama_cost", "train"}
+    run_key = f"llama_cost:{args.tag}" if alone else args.tag
+    results.setdefault("configs", {})[run_key] = {
         **{k: v for k, v in vars(args).items() if k not in {"work", "base_url", "out"}},
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -323,7 +329,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bench.mark_load("start")
         await bench.train(backbone)
-        results["train"] = bench.train_info
+        if not alone:
+            results["train"] = bench.train_info
         if "sweep" in args.sections:
             bench.mark_load("sweep:start")
             results["beta_sweep"] = await bench.sweep()
@@ -343,10 +350,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results["tokenizer"] = cache.get("tokenizer_result")[0]
         if "cost" in args.sections:
             results.setdefault("cost", {})[args.tag] = await cost_section(bench)
+        if "llama_cost" in args.sections:
+            results.setdefault("llama_cost", {})[args.tag] = {**await llama_cost_section(bench),
+                                                              "train": bench.train_info}
         bench.mark_load("end")
     finally:
         await client.aclose()
-    results["load"].update({f"{args.tag}:{k}": v for k, v in bench.load.items()})
+    results["load"].update({f"{run_key}:{k}": v for k, v in bench.load.items()})
     return results
 
 
@@ -375,6 +385,12 @@ def main() -> None:
     parser.add_argument("--tok-prompts", type=int, default=3)
     parser.add_argument("--cost-prompts", type=int, default=3)
     parser.add_argument("--no-vllm", dest="vllm", action="store_false")
+    parser.add_argument("--llama-cost-prompts", type=int, default=3, help="prompts for the in-process base cost rows")
+    parser.add_argument("--llama-max-tokens", type=int, default=100)
+    parser.add_argument("--llama-top-k", type=int, default=10)
+    parser.add_argument("--llama-candidates", type=int, default=4, help="block K and best-of N there")
+    parser.add_argument("--llama-value-threads", type=int, default=1, help="torch threads of the value model there")
+    parser.add_argument("--no-llama-bf16", dest="llama_bf16", action="store_false", help="skip the bfloat16 value row")
     # One llama.cpp thread: its threads spin-wait, and two-thread servers side by side on 2 shared cores
     # slow each other down several-fold; VAS alternates upstream and value-model work anyway.
     parser.add_argument("--llama-threads", type=int, default=1)
@@ -401,7 +417,10 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    results["last_run_s"] = time.perf_counter() - started
+    if set(args.sections) <= {"llama_cost", "train"}:
+        results["llama_cost"][args.tag]["last_run_s"] = time.perf_counter() - started
+    else:
+        results["last_run_s"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vas.json").write_text(json.dumps(results, indent=2))

@@ -103,7 +103,33 @@ def print_tables(results: dict[str, Any]) -> None:
         console.print(t)
         if cost.get("vllm_vs_torch"):
             console.print(f"vLLM vs torch, same model: {cost['vllm_vs_torch']}")
+    for tag, cost in results.get("llama_cost", {}).items():
+        console.print(_llama_table(tag, cost))
+        if cost.get("bf16_vs_fp32"):
+            console.print(f"bfloat16 vs float32 values, same model: {cost['bf16_vs_fp32']}")
     console.print(f"load averages: {results.get('load')}")
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _llama_table(tag: str, cost: dict[str, Any]) -> Table:
+    t = Table("method", "base", "value", "base tokens", "value pass ms p50 (cpu)", "base step ms p50 (cpu)",
+              "sample call ms p50", "s/answer (cpu)", "s per 100 steps", "mean reward",
+              title=f"cost per answer, in-process llama.cpp base vs HTTP ({cost['reward']}, {cost['prompts']} "
+                    f"prompts, k={cost['top_k']}, {cost['max_tokens']} tokens, {tag}); goals {cost['goals']}")
+    for r in cost["rows"]:
+        t.add_row(r["label"], r["base"], r["value_dtype"], f"{r['base_tokens']:.0f}",
+                  f"{_ms(r['value_pass_wall_ms_p50'])} ({_ms(r['value_pass_cpu_ms_p50'])})",
+                  f"{_ms(r['base_step_wall_ms_p50'])} ({_ms(r['base_step_cpu_ms_p50'])})",
+                  _ms(r["sample_call_wall_ms_p50"]), f"{r['wall_s']:.2f} ({r['cpu_s']:.2f})",
+                  _s(r["s_per_100_steps"]), f"{r['mean_reward']:.3f}")
+    return t
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -112,7 +138,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, grid = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, grid = plt.subplots(2, 4, figsize=(21, 8.5))
     axes = list(grid.flat)
     ax = axes[0]
     for name in REWARDS:
@@ -179,6 +205,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{name}: reward vs compute")
     axes[1].legend(fontsize=7)
     _cost_panel(axes[5], results)
+    _llama_step_panel(axes[6], results)
+    _llama_answer_panel(axes[7], results)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -204,6 +232,57 @@ def _cost_panel(ax: Any, results: dict[str, Any]) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds per answer")
     ax.set_title(f"cost per answer ({cost[tag]['reward']}, {tag} machine)")
+    ax.legend(fontsize=7)
+
+
+def _llama_cost(results: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    cost = results.get("llama_cost", {})
+    tag = "quiet" if "quiet" in cost else next(iter(cost), None)
+    return None if tag is None else (tag, cost[tag])
+
+
+def _llama_label(r: dict[str, Any]) -> str:
+    value = "" if r["value_dtype"] == "-" else f", {r['value_dtype']}"
+    return f"{r['label']}\n{r['base']}{value}"
+
+
+def _llama_step_panel(ax: Any, results: dict[str, Any]) -> None:
+    """Per-step p50 of the base step and the value pass (wall), against the issue's goals."""
+    found = _llama_cost(results)
+    if found is None:
+        ax.set_axis_off()
+        return
+    tag, cost = found
+    rows = [r for r in cost["rows"] if r["base_step_wall_ms_p50"] is not None]
+    ys = list(range(len(rows)))
+    base = [r["base_step_wall_ms_p50"] or 0.0 for r in rows]
+    value = [r["value_pass_wall_ms_p50"] or 0.0 for r in rows]
+    ax.barh([y - 0.2 for y in ys], base, height=0.4, color="tab:grey", label="base step (top-k), p50")
+    ax.barh([y + 0.2 for y in ys], value, height=0.4, color="tab:orange", label="value pass, p50")
+    ax.axvline(cost["goals"]["base_ms"], color="tab:grey", ls="--", lw=0.8, label="goals")
+    ax.axvline(cost["goals"]["value_ms"], color="tab:orange", ls="--", lw=0.8)
+    ax.set_yticks(ys, [_llama_label(r) for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per token step (wall)")
+    ax.set_title(f"token step cost, k={cost['top_k']} ({tag} machine)")
+    ax.legend(fontsize=7)
+
+
+def _llama_answer_panel(ax: Any, results: dict[str, Any]) -> None:
+    found = _llama_cost(results)
+    if found is None:
+        ax.set_axis_off()
+        return
+    tag, cost = found
+    rows = cost["rows"]
+    ys = list(range(len(rows)))
+    ax.barh(ys, [r["wall_s"] for r in rows], color="tab:blue", label="wall")
+    ax.plot([r["cpu_s"] for r in rows], ys, "k|", markersize=14, label="CPU of this process")
+    ax.axvline(cost["goals"]["token_answer_s"], color="tab:red", ls="--", lw=0.8, label="goal (token level)")
+    ax.set_yticks(ys, [f"{_llama_label(r)} ({r['base_tokens']:.0f} base tok)" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per answer")
+    ax.set_title(f"answer cost, {cost['max_tokens']} tokens max ({tag} machine)")
     ax.legend(fontsize=7)
 
 
@@ -262,6 +341,19 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {r['label']} | {r['backend']} | {r['base_tokens']:.0f} | {r['upstream_calls']:.1f} | "
                        f"{r['value_calls']:.1f} | {r['upstream_ms'] / 1000:.2f} | {r['value_ms'] / 1000:.2f} | "
                        f"{r['wall_s']:.2f} |")
+        out.append("")
+    for tag, cost in results.get("llama_cost", {}).items():
+        out.append(f"Cost per answer, in-process llama.cpp base ({cost['reward']}, {cost['prompts']} prompts, "
+                   f"k={cost['top_k']}, {cost['max_tokens']} tokens max, {tag}):")
+        out.append("")
+        out.append("| method | base | value model | base tokens | value pass ms p50 (CPU) | base step ms p50 (CPU) "
+                   "| s/answer (CPU) | s per 100 steps |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in cost["rows"]:
+            out.append(f"| {r['label']} | {r['base']} | {r['value_dtype']} | {r['base_tokens']:.0f} | "
+                       f"{_ms(r['value_pass_wall_ms_p50'])} ({_ms(r['value_pass_cpu_ms_p50'])}) | "
+                       f"{_ms(r['base_step_wall_ms_p50'])} ({_ms(r['base_step_cpu_ms_p50'])}) | "
+                       f"{r['wall_s']:.2f} ({r['cpu_s']:.2f}) | {_s(r['s_per_100_steps'])} |")
         out.append("")
     return "\n".join(out)
 
