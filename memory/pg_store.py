@@ -50,7 +50,7 @@ from memory.stores.pg_indexes import (
     index_name,
     quote_literal,
 )
-from memory.stores.pg_lexical import add_lexical_columns
+from memory.stores.pg_lexical import add_lexical_columns, add_lexical_stats
 from rapport.core.database import Database
 from rapport.core.migrations import Migration, Schema, ensure, register
 
@@ -102,6 +102,11 @@ def _migration_2(conn: Connection, db: Database) -> None:
         add_lexical_columns(conn, TABLE)
 
 
+def _migration_3(conn: Connection, db: Database) -> None:
+    if db.is_postgres:
+        add_lexical_stats(conn, TABLE)
+
+
 SCHEMA = register(
     Schema(
         "memory_vectors",
@@ -111,6 +116,7 @@ SCHEMA = register(
                 1, "memory items with pgvector embeddings, keyed by (tenant, user_id, id)", _migration_1
             ),
             Migration(2, "full-text lexemes of the memory items (generated tsvector, GIN index)", _migration_2),
+            Migration(3, "per-user BM25 statistics of the memory items, kept by triggers", _migration_3),
         ),
     )
 )
@@ -229,7 +235,9 @@ class PgVectorStore:
                 keep = [i for i, ok in enumerate(admit(conn)) if ok]
                 if len(keep) < len(items):
                     items, rows = [items[i] for i in keep], rows[keep]
-            for (tenant, user), idx in group_by_user(items).items():
+            # Users in key order: the lexical statistics rows (memory/stores/pg_lexical.py) are locked in the
+            # same order by every writer.
+            for (tenant, user), idx in sorted(group_by_user(items).items()):
                 unique: dict[str, int] = {}
                 for i in idx:
                     unique.setdefault(items[i].id, i)  # same id twice in one batch: keep the first

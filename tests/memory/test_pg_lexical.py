@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from memory.items import MemoryItem
 from memory.pg_store import SCHEMA, TABLE, PgVectorStore, vector_literal
-from memory.stores.pg_lexical import PgLexicalIndex, owner_lexeme
+from memory.stores.pg_lexical import STATS_TABLE, PgLexicalIndex, owner_lexeme
 from rapport.core.database import Database
 from rapport.core.migrations import Schema, ensure, migrate
 from tests.memory.test_hybrid import DISTRACTORS, HOSTILE, MEMORY_ONLY, QUESTION, TARGET, ask, say, total
@@ -97,6 +97,9 @@ def test_another_users_rows_never_score(store: PgVectorStore, index: PgLexicalIn
     assert index.search("t1", "u", "Thaddeus", 5)[0].score == pytest.approx(alone)
     for query in HOSTILE:
         index.search("t1", "u", query, 5)  # words only: no tsquery syntax error
+    # u's own owner digest typed as a word is not a word that matches every row of u.
+    put(store, "t1", "u", ["an unrelated line"])
+    assert index.search("t1", "u", owner_lexeme("t1", "u"), 5) == []
 
 
 def test_forget_removes_the_lexemes_with_the_items(store: PgVectorStore, index: PgLexicalIndex) -> None:
@@ -114,6 +117,50 @@ def test_forget_removes_the_lexemes_with_the_items(store: PgVectorStore, index: 
     assert [h.id for h in index.search("t", "u", "Perpetua", 5)] == [item.id]
     store.delete("t", "u", [item.id])
     assert index.search("t", "u", "Perpetua", 5) == []
+
+
+def statistics(db: Database, tenant: str, user: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(the trigger-kept row, the same figures counted from the items now)."""
+    with db.read() as conn:
+        kept = conn.execute(
+            sa.text(f"SELECT docs, lexemes FROM {STATS_TABLE} WHERE tenant = :t AND user_id = :u"),
+            {"t": tenant, "u": user},
+        ).one_or_none()
+        counted = conn.execute(
+            sa.text(
+                f"SELECT count(*), sum(length(lexemes) - 1) FROM {TABLE} WHERE tenant = :t AND user_id = :u "
+                "HAVING count(*) > 0"
+            ),
+            {"t": tenant, "u": user},
+        ).one_or_none()
+    return (tuple(kept) if kept else None), (tuple(counted) if counted else None)  # type: ignore[return-value]
+
+
+def test_bm25_statistics_follow_every_write(store: PgVectorStore, index: PgLexicalIndex, database: Database) -> None:
+    mine = put(store, "t", "u", [*DISTRACTORS, TARGET])
+    put(store, "t", "v", ["Thaddeus tunes pianos", "and violins"])
+    put(store, "t", "u", [*DISTRACTORS[:2]])  # already stored: no change
+    for user in ("u", "v"):
+        kept, counted = statistics(database, "t", user)
+        assert kept == counted and kept is not None
+    assert statistics(database, "t", "u")[0] == (len(mine), statistics(database, "t", "u")[1][1])  # type: ignore[index]
+    # An edit (upsert of an existing id, with more words) and a new id in one statement; a delete.
+    store.upsert(
+        [
+            MemoryItem("t", "u", TARGET + " Bring rosin, spare strings and the folding stand.", ts=1.0, id=mine[-1].id),
+            MemoryItem("t", "u", "A brand new line", ts=2.0),
+        ],
+        unit(2, 5),
+    )
+    store.delete("t", "u", [mine[0].id])
+    kept, counted = statistics(database, "t", "u")
+    assert kept == counted and kept is not None and kept[0] == len(mine)
+    # Forget: the user's row goes with the items; another user's stays as it was.
+    before_v = statistics(database, "t", "v")
+    store.delete_user("t", "u")
+    assert statistics(database, "t", "u") == (None, None)
+    assert statistics(database, "t", "v") == before_v
+    assert index.search("t", "u", QUESTION, 5) == []
 
 
 def test_neighbours_on_postgres(store: PgVectorStore, index: PgLexicalIndex) -> None:
@@ -144,6 +191,8 @@ def test_migration_fills_the_lexemes_of_rows_written_before_it(database: Databas
     with database.read() as conn:
         indexes = set(conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = :t"), {"t": TABLE}).scalars())
     assert "memory_items_lexemes" in indexes
+    kept, counted = statistics(database, "t", "u")
+    assert kept == counted and kept is not None and kept[0] == 1
     store.close()
 
 
