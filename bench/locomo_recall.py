@@ -2,9 +2,12 @@
 
     .venv/bin/python -m bench.locomo_recall [--conversations 26,30,41] [--arms all|dense,hybrid,...]
         [--set memory.lexical_fusion=weighted ...] [--out bench/results/locomo_recall.json]
+        [--store embedded|postgres] [--database-url URL]
 
 Black-box, through the HTTP API with the official `openai` SDK, against a real Rapport server (memory stage only:
-the real all-MiniLM-L6-v2 embedder, real embedded Chroma, the SQLite FTS5 lexical index) in front of a scripted
+the real all-MiniLM-L6-v2 embedder, real embedded Chroma, the SQLite FTS5 lexical index; or, with `--store
+postgres`, the shared-state backend: pgvector and PostgreSQL full-text search in one table, memory/stores/
+pg_lexical.py, on a fresh database of a pgserver the bench starts, or of `--database-url`) in front of a scripted
 upstream that records every request and answers with an echo (no LLM; summaries are off, since there is no
 utility LLM to write them).
 
@@ -25,7 +28,9 @@ all five (5 is adversarial). Questions with an evidence id that names no turn ar
 
 Data: LoCoMo (Maharana et al., "Evaluating Very Long-Term Conversational Memory of LLM Agents", ACL 2024),
 three conversations of its release read from ../shared/data/locomo-dev (research data: used to evaluate, cited
-here, never copied into the project). Writes bench/results/locomo_recall.{json,png} (or --out's).
+here, never copied into the project). Writes bench/results/locomo_recall.{json,png} (or --out's); `--store
+postgres` writes bench/results/locomo_recall_postgres.{json,png}, with its ranking arms (PostgreSQL offers BM25,
+computed in SQL, and ts_rank_cd, which has no IDF) and the embedded run's numbers for the same arms beside it.
 """
 
 from __future__ import annotations
@@ -73,6 +78,15 @@ ARMS: dict[str, dict[str, Any]] = {
     "lexical+neighbours@512": {"lexical": True, "neighbours": True, **OLD_DEFAULTS},
     "defaults": {},
 }
+# Only PostgreSQL offers a second rank (the embedded FTS5 index has bm25 alone): the same arms ranked by
+# ts_rank_cd, to measure whether BM25's IDF matters.
+TS_RANK_ARMS: dict[str, dict[str, Any]] = {
+    "lexical-ts_rank_cd@512": {"lexical": True, "neighbours": False, "lexical_rank": "ts_rank_cd", **OLD_DEFAULTS},
+    "lexical-ts_rank_cd@1000": {
+        "lexical": True, "neighbours": False, "lexical_rank": "ts_rank_cd", "k": 25, "budget": 1000
+    },
+    "defaults-ts_rank_cd": {"lexical_rank": "ts_rank_cd"},
+}
 CATEGORIES = ("1-4", "all")
 
 
@@ -100,7 +114,7 @@ def evidence_ids(question: dict[str, Any]) -> list[str]:
     return [e for raw in question.get("evidence", []) for e in re.split(r"[;,\s]+", raw) if e]
 
 
-def start(data_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any]:
+def start(data_dir: Path, overrides: dict[str, Any], database_url: str | None = None) -> tuple[Any, Any]:
     from proxy.app import create_app
     from proxy.settings import RapportSettings
     from tests.support.servers import ThreadedServer
@@ -108,8 +122,10 @@ def start(data_dir: Path, overrides: dict[str, Any]) -> tuple[Any, Any]:
 
     upstream = ScriptedUpstream().start()
     memory: dict[str, Any] = {"summaries": False, **overrides}
+    shared = {"database_url": database_url} if database_url else {}
     settings = RapportSettings.model_validate(
         {
+            **shared,
             "data_dir": str(data_dir),
             "local": {"enabled": False},
             "model_list": [
@@ -200,7 +216,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any], path: Path, store: str = "embedded") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,7 +236,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(arms)))
     ax.set_xticklabels(arms, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("questions with all evidence in the prompt (%)")
-    ax.set_title("LoCoMo (conversations 26, 30, 41): evidence reaching the upstream prompt\n"
+    where = "PostgreSQL: pgvector + full-text search" if store == "postgres" else "embedded: Chroma + SQLite FTS5"
+    ax.set_title(f"LoCoMo (conversations 26, 30, 41): evidence reaching the upstream prompt ({where})\n"
                  "(labels: mean memory-block tokens, 4 chars/token)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -236,18 +253,36 @@ def main() -> None:
     parser.add_argument(
         "--arm", action="append", default=[], help='an extra arm: name=<rapport.memory options as JSON>'
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "locomo_recall.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/locomo_recall[_postgres].json")
+    parser.add_argument("--store", choices=("embedded", "postgres"), default="embedded")
+    parser.add_argument(
+        "--database-url", default=None, help="with --store postgres: an empty database to use (default: a pgserver)"
+    )
     parser.add_argument(
         "--format", choices=("speaker", "raw"), default="speaker", help="how a turn is written as a message"
     )
     args = parser.parse_args()
-    arms = dict(ARMS) if args.arms == "all" else {a: ARMS[a] for a in args.arms.split(",") if a}
+    known = {**ARMS, **TS_RANK_ARMS} if args.store == "postgres" else ARMS
+    if args.arms == "all":
+        arms = dict(known)
+    else:
+        arms = {a: known[a] for a in args.arms.split(",") if a}
+    if args.out is None:
+        args.out = RESULTS / ("locomo_recall_postgres.json" if args.store == "postgres" else "locomo_recall.json")
     for extra in args.arm:
         name, _, options = extra.partition("=")
         arms[name] = json.loads(options)
     overrides = parse_overrides(args.set)
     workdir = Path(tempfile.mkdtemp(prefix="rapport-locomo-"))
-    upstream, server = start(workdir, overrides)
+    pg, database_url = None, args.database_url
+    if args.store == "postgres" and database_url is None:
+        from tests.support.postgres import PostgresServer
+
+        workdir.chmod(0o755)  # pgserver runs the server as its own user when started as root
+        (workdir / "pg").mkdir()
+        pg = PostgresServer(workdir / "pg")
+        database_url = pg.url(pg.create_database())
+    upstream, server = start(workdir / "data", overrides, database_url)
     load_before = os.getloadavg()
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -278,11 +313,14 @@ def main() -> None:
                             "items": int(detail.get("items", 0)),
                             "neighbours": int(detail.get("neighbours", 0)),
                             "ms": float(detail.get("ms", 0.0)),
+                            "lexical_rank": detail.get("lexical_rank"),
                         }
                     )
     finally:
         server.stop()
         upstream.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     report: dict[str, Any] = {}
     for arm in arms:
@@ -293,8 +331,9 @@ def main() -> None:
     from memory.config import MemorySettings
 
     defaults = MemorySettings(**{"summaries": False, **overrides})
-    out = {
+    out: dict[str, Any] = {
         "config": {
+            "store": args.store,
             "conversations": args.conversations.split(","),
             "format": args.format,
             "arms": arms,
@@ -319,6 +358,15 @@ def main() -> None:
         "report": report,
         "rows": rows,
     }
+    embedded_file = RESULTS / "locomo_recall.json"
+    if args.store == "postgres" and embedded_file.exists():
+        # The embedded store's committed run, for the arms both stores have (all-evidence share, categories 1-4).
+        embedded = json.loads(embedded_file.read_text())["report"]
+        out["embedded_reference"] = {
+            arm: {conv: cats["1-4"]["all_evidence"] for conv, cats in embedded[arm].items()}
+            for arm in arms
+            if arm in embedded
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"\n{'arm':32} {'conv':>5} {'cat':>4} {'n':>4} {'all-ev%':>8} {'turns%':>7} {'tokens':>7}")
@@ -329,7 +377,7 @@ def main() -> None:
                     f"{arm:32} {conversation:>5} {cat:>4} {m['questions']:>4} {100 * m['all_evidence']:>8.1f} "
                     f"{100 * (m['evidence_turns'] or 0):>7.1f} {m['tokens_mean']:>7.0f}"
                 )
-    plot(report, args.out.with_suffix(".png"))
+    plot(report, args.out.with_suffix(".png"), args.store)
 
 
 if __name__ == "__main__":
