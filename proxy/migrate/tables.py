@@ -10,6 +10,10 @@ What is deliberately left out, and counted as such:
   server is an attempt that never finished, copied as pending with no owner or lease (as the jobs v2
   migration treats it);
 - RPM features and paths whose history entry is gone (SQLite does not enforce the foreign key; PostgreSQL does).
+
+The forget log is the one table copied by content rather than by key: its ids are only an order, and a
+database that replicas already served holds forgets of its own under the same small ids, so a copy by id would
+skip a logged forget that another row's id shadows, and a restore could then bring that user back.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from proxy.auth.key_schema import api_keys
 from proxy.entrypoints.responses.store_schema import STORE as RESPONSES_STORE
 from proxy.entrypoints.responses.store_schema import responses
 from rapport.core.database import Database
+from rapport.core.forget_log import forget_log
 from reasoning.rpm.store_schema import STORE as RPM_STORE
 from reasoning.rpm.store_schema import TABLES as RPM_TABLES
 from reasoning.vas.store_schema import STORE as VAS_STORE
@@ -53,6 +58,9 @@ class TableCopy:
     transform: Callable[[Row], Row] | None = None
     per_user: bool = True  # has (tenant, user) columns naming whose data a row is
     identity: bool = False  # PostgreSQL generates its ids: move the sequence past the copied ones
+    # Copy by these columns instead of the primary key: a source row whose values are absent from the target
+    # is inserted without its id (the target assigns one), and the check looks rows up by them.
+    by_content: tuple[str, ...] = ()
 
     def source_file(self, data_dir: Path) -> Path:
         return data_dir / f"{self.store}.sqlite3"
@@ -102,6 +110,9 @@ TABLE_COPIES: tuple[TableCopy, ...] = (
     TableCopy("rpm issued", RPM_STORE, _SQLITE_RPM.issued.name, _PG_RPM.issued),
     TableCopy("vas profiles", VAS_STORE, "vas_profiles", vas_profiles),
     TableCopy("responses", RESPONSES_STORE, "responses", responses),
+    # In the job queue's database on both sides; the user is a digest, so there is no per-user count.
+    TableCopy("forget log", "jobs", forget_log.name, forget_log, per_user=False,
+              by_content=("tenant", "user_digest", "forgotten_at")),
 )
 
 
@@ -124,6 +135,21 @@ def reflect(conn: Connection, name: str) -> sa.Table | None:
 
 def _columns(spec: TableCopy, source: sa.Table) -> list[str]:
     return [c.name for c in spec.target.columns if c.name in source.c]
+
+
+def _key_columns(spec: TableCopy) -> list[str]:
+    """What identifies a row in the target: its content columns where the table is copied by content, else
+    the primary key."""
+    return list(spec.by_content) or [c.name for c in spec.target.primary_key.columns]
+
+
+def _present(conn: Connection, spec: TableCopy, names: list[str], rows: list[Row]) -> set[tuple[Any, ...]]:
+    """The `names` values of the target rows whose key columns match one of `rows`."""
+    key = _key_columns(spec)
+    columns = [spec.target.c[c] for c in key]
+    keys = list({tuple(r[c] for c in key) for r in rows})
+    match = sa.tuple_(*columns).in_(keys) if len(key) > 1 else columns[0].in_([k[0] for k in keys])
+    return {tuple(r) for r in conn.execute(sa.select(*(spec.target.c[n] for n in names)).where(match))}
 
 
 def _select(spec: TableCopy, source: sa.Table, names: list[str]) -> sa.Select[Any]:
@@ -162,6 +188,10 @@ def copy_table(src: Database, dst: Database, spec: TableCopy, advance: Callable[
     for rows in _batches(src, spec):
         if spec.transform is not None:
             rows = [spec.transform(r) for r in rows]
+        if spec.by_content:
+            inserted += _copy_by_content(dst, spec, rows)
+            advance(len(rows))
+            continue
         with dst.write() as conn:
             # No conflict target: any unique key that holds the row already (the primary key, or the jobs'
             # active-dedupe index) means it is there; nothing is overwritten.
@@ -172,6 +202,26 @@ def copy_table(src: Database, dst: Database, spec: TableCopy, advance: Callable[
     if spec.identity:
         _advance_identity(dst, spec.target)
     return inserted
+
+
+def _copy_by_content(dst: Database, spec: TableCopy, rows: list[Row]) -> int:
+    """Insert the rows whose content the target lacks, without their ids; a rerun finds them all present."""
+    key = list(spec.by_content)
+    with dst.write() as conn:
+        present = _present(conn, spec, key, rows)
+        absent: dict[tuple[Any, ...], Row] = {}
+        for row in rows:
+            values = tuple(row[c] for c in key)
+            if values not in present:
+                absent.setdefault(values, {c: row[c] for c in _columns_without_id(spec, row)})
+        if absent:
+            conn.execute(sa.insert(spec.target), list(absent.values()))
+    return len(absent)
+
+
+def _columns_without_id(spec: TableCopy, row: Row) -> list[str]:
+    pk = {c.name for c in spec.target.primary_key.columns}
+    return [name for name in row if name not in pk]
 
 
 def _advance_identity(dst: Database, table: sa.Table) -> None:
@@ -191,16 +241,12 @@ def check_table(src: Database, dst: Database, spec: TableCopy) -> Checked:
     user (a row of another user holding the key, say from another data dir's ids, is not this row)."""
     checked = Checked()
     checked.source, checked.left_out = count_source(src, spec)
-    pk = [c.name for c in spec.target.primary_key.columns]
-    names = list(dict.fromkeys([*pk, *(["tenant", "user"] if spec.per_user else [])]))
-    target_pk = [spec.target.c[c] for c in pk]
+    names = list(dict.fromkeys([*_key_columns(spec), *(["tenant", "user"] if spec.per_user else [])]))
     source_by_user: Counter[UserKey] = Counter()
     found_by_user: Counter[UserKey] = Counter()
     for rows in _batches(src, spec, names):
-        keys = [tuple(r[c] for c in pk) for r in rows]
-        match = sa.tuple_(*target_pk).in_(keys) if len(pk) > 1 else target_pk[0].in_([k[0] for k in keys])
         with dst.read() as conn:
-            present = {tuple(r) for r in conn.execute(sa.select(*(spec.target.c[n] for n in names)).where(match))}
+            present = _present(conn, spec, names, rows)
         for r in rows:
             here = tuple(r[n] for n in names) in present
             checked.found += here

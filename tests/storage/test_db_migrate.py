@@ -27,7 +27,10 @@ from memory.jobs import JobQueue
 from memory.pg_store import TABLE as MEMORY_TABLE
 from memory.store import ChromaStore
 from memory.summaries import SUMMARY_JOB
+from rapport.core import forget_log
 from rapport.core.database import Database
+from rapport.core.migrations import migrate as migrate_schema
+from rapport.core.userdata import user_digest
 from tests.support.helpers import admin, wait_until
 from tests.support.upstream import Reply
 
@@ -59,7 +62,11 @@ SQL_COUNTS = (
     ("rpm/rpm.sqlite3", "builds", "rpm_builds", ""),
     ("vas/vas.sqlite3", "vas_profiles", "vas_profiles", ""),
     ("responses.sqlite3", "responses", "responses", ""),
+    ("jobs.sqlite3", "rapport_forget_log", "rapport_forget_log", ""),
 )
+# A user forgotten on the embedded server: only the forget log keeps a row of them, and it must move too.
+FORGOTTEN = "dave"
+
 
 
 def ok(response: httpx.Response) -> Any:
@@ -181,6 +188,9 @@ def build_embedded(make_rapport: Any, scripted_upstream: Any, data_dir: Path) ->
         # The /v1/responses input is recorded as alice's memory too.
         wait_until(lambda: len(memories(client, TENANT_A, "alice")) == len(ALICE) + 1, within=60)
         wait_until(lambda: len(memories(client, TENANT_B, "bob")) == len(BOB), within=60)
+        chat(h, h.api_key, FORGOTTEN, "I collect vintage typewriters.")
+        wait_until(lambda: memories(client, TENANT_A, FORGOTTEN), within=60)
+        assert client.delete(f"/admin/users/{FORGOTTEN}", params={"tenant": TENANT_A}).status_code == 200
         seen["key"], _ = h.services.keys.create(name="migrated", tenant=TENANT_A)
         seen["before_alice"] = top_k(client, TENANT_A, "alice")
         seen["before_bob"] = top_k(client, TENANT_B, "bob")
@@ -237,7 +247,8 @@ def test_migrate_copies_an_embedded_data_dir_into_postgres(
     second = migrate(data_dir, url, tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert target_counts(url) == after and memory_per_user(url) == per_user
-    assert len(rows_copied(first.stdout)) == 13  # every store has its row in the table
+    assert len(rows_copied(first.stdout)) == 14  # every store has its row in the table
+    assert rows_copied(first.stdout)["forget log"] == 1
     assert rows_copied(second.stdout) == {label: 0 for label in rows_copied(first.stdout)}
     assert rows_copied(first.stdout)["memory items"] == source[MEMORY_TABLE]
 
@@ -315,3 +326,52 @@ def target_counts_or_none(url: str) -> dict[str, int] | None:
     finally:
         db.close()
     return target_counts(url)
+
+
+def test_migrate_copies_the_forget_log_beside_forgets_the_target_already_logged(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A database that replicas already served holds forgets of its own, under the same small ids as the data
+    dir's: every forget of the data dir is still copied (by content, not id), once, and counted."""
+    data_dir = tmp_path / "embedded"
+    data_dir.mkdir()
+    source = Database.sqlite(data_dir / "jobs.sqlite3")
+    target = Database.open(postgres_url)
+    try:
+        migrate_schema(source, forget_log.SCHEMA)
+        migrate_schema(target, forget_log.SCHEMA)
+        forget_log.ForgetLog(target).append(TENANT_B, "zoe", at=50.0)  # id 1 in the target
+        for user, at in (("dave", 100.0), ("erin", 200.0)):  # ids 1 and 2 in the data dir
+            forget_log.ForgetLog(source).append(TENANT_A, user, at=at)
+        source.close()
+
+        first = migrate(data_dir, postgres_url, tmp_path)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert forget_rows_only(first.stdout) == 2
+        assert "0 with a count that differs" in first.stdout, first.stdout
+        logged = {(f.tenant, f.user_digest, f.forgotten_at) for f in forget_log.ForgetLog(target).since(0.0)}
+        assert logged == {
+            (TENANT_B, user_digest(TENANT_B, "zoe"), 50.0),
+            (TENANT_A, user_digest(TENANT_A, "dave"), 100.0),
+            (TENANT_A, user_digest(TENANT_A, "erin"), 200.0),
+        }
+
+        second = migrate(data_dir, postgres_url, tmp_path)
+        assert second.returncode == 0 and forget_rows_only(second.stdout) == 0, second.stdout
+        assert len(forget_log.ForgetLog(target).since(0.0)) == 3
+
+        # A logged forget the target lost (a restore from before the copy) is found missing, and copied again.
+        execute(postgres_url, "DELETE FROM rapport_forget_log WHERE forgotten_at = 200.0")
+        resumed = migrate(data_dir, postgres_url, tmp_path)
+        assert resumed.returncode == 0 and forget_rows_only(resumed.stdout) == 1, resumed.stdout
+        assert len(forget_log.ForgetLog(target).since(0.0)) == 3
+    finally:
+        source.close()
+        target.close()
+
+
+def forget_rows_only(stdout: str) -> int:
+    """Rows the run copied into the forget log, where it copied nothing else (the data dir holds only that)."""
+    copied = rows_copied(stdout)
+    assert sum(copied.values()) == copied["forget log"], copied
+    return copied["forget log"]
