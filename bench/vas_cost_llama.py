@@ -103,7 +103,7 @@ class TimedSession:
 class Config:
     label: str
     base: str  # "llama_cpp" (in process) or "http" (llama.cpp's OpenAI server)
-    value: str  # "-", "float32" or "bfloat16"
+    value: str  # "-", "float32", "float32-onednn" (weights packed for oneDNN) or "bfloat16"
     params: DecodeParams
 
 
@@ -115,6 +115,7 @@ def configs(bench: Bench) -> list[Config]:
     out = [
         Config("plain (beta=0)", "llama_cpp", "-", DecodeParams(beta=0.0, **common)),
         Config(f"token VAS k={k} beta={a.budget_beta:g}", "llama_cpp", "float32", token),
+        Config(f"token VAS k={k} beta={a.budget_beta:g}", "llama_cpp", "float32-onednn", token),
         Config(f"token VAS k={k} beta={a.budget_beta:g}", "llama_cpp", "bfloat16", token),
         Config(f"block VAS K={n} M={m}", "llama_cpp", "float32",
                DecodeParams(mode="block", beta=1.0, block_candidates=n, block_tokens=m, block_select="argmax",
@@ -132,6 +133,7 @@ async def llama_cost_section(bench: Bench) -> dict[str, Any]:
     reward = reward_fn(name)
     model = LlamaCppModel(packaged_gguf(), n_ctx=4096, n_threads=a.llama_threads)
     values: dict[str, ValueBackend] = {"float32": bench.backends[name]}
+    values["float32-onednn"] = TorchBackend(bench.paths[name], f"{name}-onednn", threads=1, onednn=True)
     if a.llama_bf16:
         values["bfloat16"] = TorchBackend(bench.paths[name], f"{name}-bf16", threads=1, dtype="bfloat16")
     rows = []

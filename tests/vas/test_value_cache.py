@@ -96,3 +96,14 @@ def test_bfloat16_session_tracks_its_own_full_recompute_and_float32(backend: Tor
         assert max(abs(g - w) for g, w in zip(got, want, strict=True)) < 0.1 * spread + 0.02
         assert _full(half, seqs) == pytest.approx(got, abs=0.1 * spread + 0.02)
         prefix = seqs[0]
+
+
+def test_onednn_packed_weights_give_the_same_values(backend: TorchBackend) -> None:
+    packed = TorchBackend(backend.path, onednn=True)
+    rng = random.Random(5)
+    prefix = backend.tokenizer("Hello there, how are you today?", add_special_tokens=False).input_ids
+    session = packed.session()
+    for _ in range(3):
+        seqs = [[*prefix, rng.randrange(backend.tokenizer.vocab_size)] for _ in range(10)]
+        assert session.score_ids(seqs) == pytest.approx(_full(backend, seqs), abs=TOL)
+        prefix = seqs[0]
