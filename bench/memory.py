@@ -1,7 +1,7 @@
 """Memory bench: ingest throughput, retrieval + composition latency at scale, and the collection layout.
 
-    .venv/bin/python -m bench.memory [--sizes 10000,100000] [--modes embedded,server] [--queries 200]
-        [--backends torch,onnx-int8] [--ingest-concurrency 1,32]
+    .venv/bin/python -m bench.memory [--sizes 10000,100000] [--modes embedded,server,postgres] [--queries 200]
+        [--backends torch,onnx-int8] [--ingest-concurrency 1,32] [--quick]
 
 * Ingest: real PrefEval texts through `MemoryService.ingest` (embedding with the real all-MiniLM-L6-v2 +
   durable Chroma write), one turn of one user per call, 1 or 32 calls in flight (the writer coalesces
@@ -12,6 +12,9 @@
   real one: embed a fresh PrefEval question (cache miss), query the user's collection, rank (recency,
   MMR), compose within the token budget.
 * Layout: per-user collections vs one shared collection filtered by tenant and user, same data.
+* postgres (bench/memory_pg.py): PgVectorStore in a throwaway PostgreSQL + pgvector, 100k and 1M items over 10k
+  users plus one user of 100k items, recall of the per-user top-k against an exact scan, and ingest with 64
+  writers beside embedded Chroma in the same run. `--quick` runs it small and writes nothing.
 Writes bench/results/memory.json and bench/results/memory.png.
 """
 
@@ -36,6 +39,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from bench._common import RESULTS, ChromaServerProcess, explicit_preferences, percentiles
+from bench.memory_pg import run_postgres
 from memory.config import ChromaServer, MemorySettings
 from memory.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from memory.items import MemoryItem
@@ -62,7 +66,12 @@ def make_service(
 
 
 async def bench_ingest(
-    service: MemoryService, texts: list[str], users: int, concurrency: int, per_call: int = 1
+    service: MemoryService,
+    texts: list[str],
+    users: int,
+    concurrency: int,
+    per_call: int = 1,
+    tenant: str = "bench",
 ) -> dict[str, Any]:
     """Chat-shaped ingest: each call stores one turn of one user, `concurrency` calls in flight at once
     (`per_call` > 1: import-shaped, each call stores that many turns of one user).
@@ -71,7 +80,7 @@ async def bench_ingest(
     per user, not part of the sustained rate).
     """
     await asyncio.gather(
-        *(service.ingest([MemoryItem("bench", f"ingest-{u}", f"warm-up turn of user {u}")]) for u in range(users))
+        *(service.ingest([MemoryItem(tenant, f"ingest-{u}", f"warm-up turn of user {u}")]) for u in range(users))
     )
     if isinstance(service.store, StagedStore):
         await asyncio.to_thread(service.store.flush)
@@ -85,7 +94,7 @@ async def bench_ingest(
         while queue:
             taken = [queue.pop() for _ in range(min(per_call, len(queue)))]
             user = f"ingest-{(taken[0][0] // per_call) % users}"
-            ids = await service.ingest([MemoryItem("bench", user, text) for _, text in taken])
+            ids = await service.ingest([MemoryItem(tenant, user, text) for _, text in taken])
             stored += len(ids)  # not `stored += len(await ...)`: that reads `stored` before the await
             progress.update(len(taken))
 
@@ -261,9 +270,18 @@ async def main() -> None:
     parser.add_argument("--staged-writes", default="on", help="on, off or on,off (write-behind staging)")
     parser.add_argument("--bulk-per-call", type=int, default=100, help="import-shaped ingest row; 0: skip it")
     parser.add_argument("--skip-layout", action="store_true")
+    parser.add_argument("--pg-users", type=int, default=10_000, help="postgres: ordinary users")
+    parser.add_argument("--pg-sizes", default="100000,1000000", help="postgres: ordinary items at each point")
+    parser.add_argument("--pg-big", type=int, default=100_000, help="postgres: items of the one big user")
+    parser.add_argument("--pg-big-queries", type=int, default=200, help="postgres: timed queries of the big user")
+    parser.add_argument("--pg-recall-users", type=int, default=200, help="postgres: users in the recall sample")
+    parser.add_argument("--pg-ingest-writers", type=int, default=64, help="postgres: concurrent ingest calls")
+    parser.add_argument(
+        "--quick", action="store_true", help="postgres mode only, small (500 users); prints, writes nothing"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    modes = [m for m in args.modes.split(",") if m]
+    modes = ["postgres"] if args.quick else [m for m in args.modes.split(",") if m]
 
     load_before = os.getloadavg()
     # The fp32 reference for the embedding-agreement rows (and the retrieval bulk service).
@@ -283,14 +301,28 @@ async def main() -> None:
         "embedding_quality": {},
         "retrieval": {},
         "layout": None,
+        "postgres": None,
         "config": vars(args),
     }
     workdir = Path(tempfile.mkdtemp(prefix="rapport-bench-"))
     try:
-        console.print("[bold]layout[/bold]: per-user collections vs shared + filter")
-        if not args.skip_layout:
+        if not args.skip_layout and not args.quick:
+            console.print("[bold]layout[/bold]: per-user collections vs shared + filter")
             results["layout"] = bench_layout(workdir, args.layout_items, 200, 300)
-        for mode in modes:
+        if "postgres" in modes:
+            pg_retrieval, pg_ingest, results["postgres"] = await run_postgres(
+                args,
+                list(dict.fromkeys([p["preference"] for p in prefs] + questions)),
+                texts,
+                questions,
+                embedder,
+                lambda service, items, callers, tenant: bench_ingest(service, items, 50, callers, tenant=tenant),
+                lambda root, emb, prefix: make_service(root, emb, "embedded", None, collection_prefix=prefix),
+                workdir,
+            )
+            results["retrieval"]["postgres"] = pg_retrieval
+            results["ingest"].update(pg_ingest)
+        for mode in (m for m in modes if m != "postgres"):
             server = ChromaServerProcess(workdir / f"server-{mode}") if mode == "server" else None
             try:
                 for backend in [b for b in args.backends.split(",") if b]:
@@ -366,6 +398,10 @@ async def main() -> None:
     results["loadavg_before"] = load_before
     results["loadavg_after"] = os.getloadavg()
     results["ingest_mean_chars"] = round(sum(map(len, texts)) / len(texts), 1)
+    if args.quick:
+        report(results)
+        console.print_json(json.dumps(results["postgres"]))
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = merge_previous(results)
     (RESULTS / "memory.json").write_text(json.dumps(results, indent=2))
@@ -387,6 +423,8 @@ def merge_previous(results: dict[str, Any]) -> dict[str, Any]:
         merged.setdefault("retrieval", {}).setdefault(mode, {}).update(by_size)
     if results["layout"] is not None:
         merged["layout"] = results["layout"]
+    if results["postgres"] is not None:
+        merged["postgres"] = results["postgres"]
     merged.setdefault("runs", []).append(
         {k: results[k] for k in ("config", "loadavg_before", "loadavg_after")}
     )
@@ -416,7 +454,7 @@ def report(results: dict[str, Any]) -> None:
             table.add_row(
                 mode,
                 size,
-                str(USERS),
+                str(s.get("users", USERS)),
                 f"{s['p50_ms']:.1f}",
                 f"{s['p95_ms']:.1f}",
                 f"{s.get('embed_p50_ms', float('nan')):.1f}",
@@ -425,7 +463,36 @@ def report(results: dict[str, Any]) -> None:
                 str(s["mean_tokens_added"]),
                 str(s["bulk_load_s"]),
             )
+            big = s.get("big_user")
+            if big is not None:
+                table.add_row(
+                    f"{mode}: the big user",
+                    str(s["big_user_items"]),
+                    "1",
+                    f"{big['p50_ms']:.1f}",
+                    f"{big['p95_ms']:.1f}",
+                    f"{big['embed_p50_ms']:.1f}",
+                    f"{big['search_p50_ms']:.1f}",
+                    "-",
+                    str(big["mean_tokens_added"]),
+                    "-",
+                )
     console.print(table)
+    pg = results.get("postgres")
+    if pg:
+        recall = Table(title="postgres: recall@10 of the per-user top-k against an exact scan")
+        for col in ("ordinary items", "ordinary users (queries)", "recall", "big user queries", "big user recall"):
+            recall.add_column(col)
+        for size, point in pg.get("points", {}).items():
+            r = point["recall"]
+            recall.add_row(
+                size,
+                f"{r['ordinary_users']} ({r['ordinary_queries']})",
+                str(r["ordinary_recall"]),
+                str(r["big_user_queries"]),
+                str(r["big_user_recall"]),
+            )
+        console.print(recall)
     ingest = Table(title="Memory: ingest (embed + durable write)")
     for col in ("store / embedding / callers", "items", "seconds", "items/s (median)", "runs", "mean batch"):
         ingest.add_column(col)
@@ -462,19 +529,35 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, by_size in results["retrieval"].items():
         sizes = sorted(int(s) for s in by_size)
-        ax.plot(sizes, [by_size[str(s)]["p50_ms"] for s in sizes], marker="o", label=f"{mode} p50")
+        users = by_size[str(sizes[0])].get("users", USERS)
+        label = f"{mode} ({users // 1000}k users)"
+        (line,) = ax.plot(sizes, [by_size[str(s)]["p50_ms"] for s in sizes], marker="o", label=f"{label} p50")
         ax.plot(
-            sizes, [by_size[str(s)]["p95_ms"] for s in sizes], marker="x", linestyle="--", label=f"{mode} p95"
+            sizes,
+            [by_size[str(s)]["p95_ms"] for s in sizes],
+            marker="x",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{label} p95",
         )
+        if all("big_user" in by_size[str(s)] for s in sizes):
+            ax.plot(
+                sizes,
+                [by_size[str(s)]["big_user"]["p50_ms"] for s in sizes],
+                marker="s",
+                linestyle=":",
+                color=line.get_color(),
+                label=f"{mode}: 100k-item user p50",
+            )
     ax.axhline(15, color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(30, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
-    ax.set_xlabel("items stored (1k users)")
+    ax.set_xlabel("items stored")
     ax.set_ylabel("retrieval + composition (ms)")
-    ax.legend()
+    ax.legend(fontsize=6)
     ax.set_title("Rapport memory latency (2 CPU cores)")
     fig.tight_layout()
     fig.savefig(RESULTS / "memory.png", dpi=120)
