@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
 from memory.catalog_schema import SCHEMA, summaries, users
+from memory.embedding_meta import EmbeddingMeta
 from memory.generations import ForgetGenerations
 from rapport.core.database import Database
 from rapport.core.migrations import open_store
@@ -102,6 +103,8 @@ class Catalog:
         self._db, self._owns_db = open_store(database, SCHEMA, migrate=migrate)
         # The per-user forget generations live in the catalog's database (memory/generations.py).
         self.generations = ForgetGenerations(self._db)
+        # The embedding model the vectors were built with, and the reindex checkpoint (memory/embedding_meta.py).
+        self.embedding = EmbeddingMeta(self._db)
         # The latest summary per (tenant, user, task) is read on every request. Embedded, this process is the
         # database's only writer, so it is kept in memory. Shared, another replica may write or forget it at
         # any moment, so it is read from the database each time (one primary-key lookup): a cached summary

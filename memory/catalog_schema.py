@@ -49,6 +49,28 @@ summaries = sa.Table(
     sa.Column("model", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+# What the store's vectors were built with (memory/embedding_meta.py): one row, written when the store is
+# first served. A start with another model is refused: two 384-dimensional models answer each other's
+# queries without any error, only with wrong neighbours.
+embedding_model = sa.Table(
+    "memory_embedding_model",
+    metadata,
+    sa.Column("scope", sa.Text, primary_key=True),
+    sa.Column("model_name", sa.Text, nullable=False),
+    sa.Column("model_digest", sa.Text, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+# `rapport reindex`'s checkpoint: the users already re-embedded for the model being moved to. Keyed by a hash of
+# (tenant, user), like the forget generations, so a forget leaves no identifier of the user here.
+reindex_progress = sa.Table(
+    "memory_reindex_progress",
+    metadata,
+    sa.Column("user_key", sa.Text, primary_key=True),
+    sa.Column("target_digest", sa.Text, nullable=False),
+    sa.Column("items", sa.Integer, nullable=False),
+    sa.Column("done_at", sa.Float, nullable=False),
+)
 
 
 def _v1_tables(conn: Connection, db: Database) -> None:
@@ -87,6 +109,26 @@ def _v2_forget_generations(conn: Connection, db: Database) -> None:
     )
 
 
+def _v3_embedding_model(conn: Connection, db: Database) -> None:
+    conn.exec_driver_sql(
+        """CREATE TABLE IF NOT EXISTS memory_embedding_model (
+            scope TEXT NOT NULL PRIMARY KEY,
+            model_name TEXT NOT NULL,
+            model_digest TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            recorded_at DOUBLE PRECISION NOT NULL
+        )"""
+    )
+    conn.exec_driver_sql(
+        """CREATE TABLE IF NOT EXISTS memory_reindex_progress (
+            user_key TEXT NOT NULL PRIMARY KEY,
+            target_digest TEXT NOT NULL,
+            items INTEGER NOT NULL,
+            done_at DOUBLE PRECISION NOT NULL
+        )"""
+    )
+
+
 SCHEMA = register(
     Schema(
         component="catalog",
@@ -95,6 +137,8 @@ SCHEMA = register(
             Migration(1, "users and summaries tables (the embedded catalog's original shape)", _v1_tables),
             Migration(2, "per-user forget generations (a recording that raced a forget writes nothing)",
                       _v2_forget_generations),
+            Migration(3, "the embedding model the vectors were built with, and the reindex checkpoint",
+                      _v3_embedding_model),
         ),
     )
 )

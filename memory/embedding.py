@@ -7,10 +7,12 @@ and torch is never asked to run two encodes at once on a 2-core box (which only 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -389,3 +391,71 @@ class SplitEmbedder:
     def close(self) -> None:
         self.query.close()
         self.bulk.close()
+
+
+# -- model identity (the store's guard against answering queries with another model's vectors) -------------
+
+# Large files (weights) are identified by size plus a digest of their first and last MiB: reading a whole
+# 100 MB safetensors at every start would add a visible delay, and a changed weights file changes its ends.
+_IDENTITY_SAMPLE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """What a store's vectors were built with. `digest` identifies the model's files wherever they lie (a
+    moved or copied folder keeps it); `name` is for people reading the message."""
+
+    name: str
+    digest: str
+    dim: int
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.digest}"
+
+
+def _file_digest(path: Path, digest: Any) -> None:
+    size = path.stat().st_size
+    digest.update(f"{size}:".encode())
+    with path.open("rb") as handle:
+        if size <= 2 * _IDENTITY_SAMPLE_BYTES:
+            digest.update(handle.read())
+            return
+        digest.update(handle.read(_IDENTITY_SAMPLE_BYTES))
+        handle.seek(size - _IDENTITY_SAMPLE_BYTES)
+        digest.update(handle.read(_IDENTITY_SAMPLE_BYTES))
+
+
+def model_digest(model: str | Path) -> str:
+    """A digest of a local model folder's files (relative names and contents, mtimes ignored); a hub name that
+    is not a local folder is identified by that name."""
+    path = Path(model)
+    digest = hashlib.sha256()
+    if not path.is_dir():
+        digest.update(f"name:{model}".encode())
+        return digest.hexdigest()[:16]
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\x00")
+        _file_digest(file, digest)
+    return digest.hexdigest()[:16]
+
+
+def _display_name(model: str) -> str:
+    path = Path(model)
+    if path.is_dir():
+        # The packaged model lives in `<package>/model`: the package says which model it is.
+        return path.parent.name if path.name == "model" else path.name
+    return model
+
+
+def embedder_identity(embedder: Any) -> ModelIdentity:
+    """The identity of the model an embedder runs. Runtimes of one model (torch, ONNX, a split of both) share
+    it: they compute the same vectors. An embedder with its own `model_id` (tests, plugins) is taken at its word."""
+    explicit = getattr(embedder, "model_id", None)
+    if isinstance(explicit, str):
+        return ModelIdentity(explicit, hashlib.sha256(explicit.encode()).hexdigest()[:16], int(embedder.dim))
+    inner = getattr(embedder, "query", embedder)  # SplitEmbedder: both halves run one model
+    model = getattr(inner, "model_name", None)
+    if not isinstance(model, str):
+        raise TypeError(f"cannot tell which model {type(embedder).__name__} runs: give it a `model_id`")
+    return ModelIdentity(_display_name(model), model_digest(model), int(embedder.dim))

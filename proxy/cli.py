@@ -197,6 +197,7 @@ def doctor(config: ConfigOption = None) -> None:
             continue
         row(f"upstream {entry.model_name}", ok, detail)
     _check_stores(settings, row)
+    _check_embedding_model(settings, row)
     out.print(table)
     if problems:
         console.print("[bold red]problems:[/]\n" + "\n".join(f"  - {p}" for p in problems))
@@ -214,6 +215,77 @@ def _check_stores(settings: RapportSettings, row: Callable[[str, bool, str], Non
             row(check.name, check.ok, check.detail)
     finally:
         databases.close()
+
+
+def _check_embedding_model(settings: RapportSettings, row: Callable[[str, bool, str], None]) -> None:
+    """The model the memory store's vectors were built with against memory.embedding_model."""
+    if not settings.memory.enabled:
+        return
+    from proxy.reindex_run import embedding_status
+
+    try:
+        status = embedding_status(settings)
+    except Exception as exc:  # the database rows above already say why a store cannot be read
+        row("embedding model", False, f"cannot check ({exc.__class__.__name__}: {str(exc)[:120]})")
+        return
+    configured = f"{status.configured.model_id}, {status.configured.dim} dims"
+    if status.unfinished_reindex is not None:
+        row("embedding model", False, f"a reindex to {status.unfinished_reindex} is unfinished: run `rapport reindex`")
+    elif status.recorded is None:
+        row("embedding model", True, f"{configured} (recorded when the store is first served)")
+    elif status.ok:
+        row("embedding model", True, f"{configured}, as the store was built")
+    else:
+        row("embedding model", False, f"store built with {status.recorded.model_id} ({status.recorded.dim} dims), "
+            f"memory.embedding_model is {configured}: run `rapport reindex` or set it back")
+
+
+@app.command()
+def reindex(
+    batch_size: Annotated[int | None, typer.Option(help="Texts per model batch (default memory.embedding_batch_size).",
+                                                   min=1)] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Re-embed every memory item in place with memory.embedding_model (stop the server first); resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy.exc import OperationalError
+
+    from memory.reindex import ReindexRefused
+    from proxy.datadir_lock import DataDirInUse
+    from proxy.reindex_run import run_reindex
+    from rapport.core.database import DatabaseUnavailable
+    from rapport.core.migrations import SchemaError
+
+    settings = _settings(config)
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[items]} items"), console=console)
+    task_ids: list[object] = []
+
+    def on_start(left: int, done_before: int) -> None:
+        if done_before:
+            console.print(f"resuming: {done_before} users already re-embedded by an earlier run")
+        task_ids.append(bars.add_task("users", total=left, items=0))
+
+    def on_user(items: int) -> None:
+        task = task_ids[0]
+        bars.update(task, advance=1, items=bars.tasks[0].fields["items"] + items)  # type: ignore[arg-type]
+
+    try:
+        with bars:
+            report = run_reindex(settings, batch_size=batch_size, on_start=on_start, on_user=on_user)
+    except (DataDirInUse, ReindexRefused, SchemaError, DatabaseUnavailable) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    except OperationalError as exc:
+        console.print(f"[bold red]error:[/] cannot reach the database ({exc.orig.__class__.__name__}); "
+                      "run it again: it resumes")
+        raise typer.Exit(1) from None
+    if report.nothing_to_do:
+        out.print(f"nothing to do: the store is already built with {report.target}")
+        return
+    out.print(f"re-embedded {report.items} items of {report.users} users with {report.target}"
+              + (f" ({report.resumed} users done by an earlier run)" if report.resumed else "")
+              + (f"; was {report.previous}" if report.previous else ""))
 
 
 @app.command()

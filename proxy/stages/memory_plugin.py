@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from memory.catalog_schema import STORE as CATALOG_STORE
 from memory.embedding import make_embedder
+from memory.embedding_meta import check_embedder
 from memory.jobs import JobQueue
 from memory.service import MemoryOptions, MemoryService
 from proxy.errors import ServiceUnavailable
@@ -117,6 +118,8 @@ class MemoryPlugin:
             warm = getattr(self._services.embedder, "warm", None)
             if warm is not None:
                 await warm()
+            # A store built with another embedding model is refused here, before any request is served.
+            await asyncio.to_thread(check_embedder, self.service.catalog.embedding, self._services.embedder)
         await self._services.jobs.start()
 
     async def close(self) -> None:
