@@ -542,6 +542,16 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _mount_admin() -> None:
+    # users, memories, summaries, export, import, forget, jobs: the admin API through the SDK (proxy/cli_admin.py).
+    from proxy.cli_admin import register
+
+    register(app)
+
+
+_mount_admin()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
