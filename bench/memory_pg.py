@@ -17,6 +17,7 @@ compose.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import random
@@ -289,6 +290,16 @@ async def measure_point(
             [(BIG_USER, q) for q in questions_for(questions, offset + scale.queries, scale.big_queries)],
             "compose big user",
         )
+        # The search step split: the dense query and the lexical (BM25) search run side by side inside it; timed
+        # here one at a time with the same questions and vectors, for ordinary users and for the big one.
+        split_questions = questions_for(questions, offset + 20_000, 40)
+        split_vectors = await embedder.embed(split_questions)
+        overall["search_split"] = await asyncio.to_thread(
+            search_split, service, users[:40], split_questions, split_vectors
+        )
+        big["search_split"] = await asyncio.to_thread(
+            search_split, service, [BIG_USER] * 40, split_questions, split_vectors
+        )
         overall["big_user"] = big
         overall["users"] = scale.users
         overall["big_user_items"] = scale.big
@@ -299,6 +310,29 @@ async def measure_point(
         service.close()
         db.close()
         embedder.close()
+
+
+def search_split(
+    service: MemoryService, users: list[str], questions: list[str], vectors: Array
+) -> dict[str, Any]:
+    """p50/p95 of `PgVectorStore.query` (the candidates the service asks for) and of the lexical search alone."""
+    n = service.settings.top_k * service.settings.candidates_factor
+    dense: list[float] = []
+    lexical: list[float] = []
+    for user, question, vector in zip(users, questions, vectors, strict=True):
+        started = time.perf_counter()
+        service.store.query(TENANT, user, vector, n)
+        dense.append((time.perf_counter() - started) * 1000.0)
+        if service.lexical is not None:
+            started = time.perf_counter()
+            service.lexical.search(TENANT, user, question, service.settings.lexical_candidates or n)
+            lexical.append((time.perf_counter() - started) * 1000.0)
+    return {
+        "dense_query": percentiles(dense),
+        "lexical_search": percentiles(lexical) if lexical else None,
+        "queries": len(dense),
+        "candidates": n,
+    }
 
 
 def exact_top(db: Database, user: str, q: Array, k: int) -> list[str]:
