@@ -60,8 +60,8 @@ def json_result(raw: bytes) -> dict[str, Any]:
     return payload
 
 
-def sse_event(line: bytes | str) -> Any:
-    """One SSE line -> the event dict, DONE at `[DONE]`, None for lines that carry no data."""
+def _sse_data(line: bytes | str) -> Any:
+    """The decoded `data:` of one SSE line: DONE at `[DONE]`, None for lines that carry no data."""
     if isinstance(line, str):
         line = line.encode()
     if not line.startswith(b"data:"):
@@ -70,9 +70,16 @@ def sse_event(line: bytes | str) -> Any:
     if data == b"[DONE]":
         return DONE
     try:
-        event = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise UpstreamFailure("upstream sent a malformed stream event", status=502) from exc
+
+
+def sse_event(line: bytes | str) -> Any:
+    """One SSE line -> the event dict, DONE at `[DONE]`, None for lines that carry no data."""
+    event = _sse_data(line)
+    if event is None or event is DONE:
+        return event
     if isinstance(event, dict) and "error" in event and "choices" not in event:
         raise UpstreamFailure(error_message(502, event), status=502, body=event)
     choices = event.get("choices", []) if isinstance(event, dict) else None
@@ -109,17 +116,9 @@ def responses_event(event: Any) -> dict[str, Any]:
 def responses_sse_event(line: bytes | str) -> Any:
     """One SSE line of a Responses stream -> the event dict, DONE at `[DONE]`, None for other lines
     (the `event:` line repeats the data's `type`)."""
-    if isinstance(line, str):
-        line = line.encode()
-    if not line.startswith(b"data:"):
-        return None
-    data = line[5:].strip()
-    if data == b"[DONE]":
-        return DONE
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamFailure("upstream sent a malformed stream event", status=502) from exc
+    event = _sse_data(line)
+    if event is None or event is DONE:
+        return event
     return responses_event(event)
 
 
