@@ -34,7 +34,7 @@ from proxy.cli_admin_client import (
     all_users,
     no_such_user,
     require_user,
-    user_known_anywhere,
+    what_is_kept,
 )
 from proxy.cli_admin_output import (
     counts_table,
@@ -343,10 +343,11 @@ def forget(
 ) -> None:
     """Forget a user everywhere (memories, summaries, RPM, VAS, jobs...); asks first unless --yes."""
     with admin(url, admin_key, tenant) as rp:
-        if not user_known_anywhere(rp, user, tenant):
+        kept = what_is_kept(rp, user, tenant)
+        if kept is None:
             no_such_user(rp, user, tenant)
         if not yes:
-            question = f"Forget user {user!r} of tenant {tenant!r} everywhere? This cannot be undone"
+            question = f"Forget user {user!r} of tenant {tenant!r} everywhere ({kept})? This cannot be undone"
             # Declining, or no terminal to answer on (EOF), forgets nothing and exits 1.
             if not typer.confirm(question, default=False, err=True):
                 fail("nothing was forgotten")

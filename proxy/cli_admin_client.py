@@ -101,17 +101,23 @@ def require_user(rp: Rapport, user: str, tenant: str) -> None:
         no_such_user(rp, user, tenant)
 
 
-def user_known_anywhere(rp: Rapport, user: str, tenant: str) -> bool:
-    """Memory, or any other store (RPM history, VAS weights...): a user with no memory can still be forgotten."""
+def what_is_kept(rp: Rapport, user: str, tenant: str) -> str | None:
+    """What Rapport holds of the user in a few words, for the forget question; None when nothing at all.
+
+    Memory first (a profile is cheap), then any other store (RPM history, VAS weights...): a user with no
+    memory can still be forgotten."""
     from rapport import NotFoundError
 
     try:
-        rp.users.get(user, tenant=tenant)
-        return True
+        profile = rp.users.get(user, tenant=tenant)
     except NotFoundError:
         pass
+    else:
+        versions = sum(s.versions for s in profile.summaries)
+        return f"{profile.items} memories, {versions} summary versions, {profile.pending_jobs} pending jobs"
     try:
-        rp.users.export(user, tenant=tenant)
-        return True
+        document = rp.users.export(user, tenant=tenant)
     except NotFoundError:
-        return False
+        return None
+    parts = sorted(name for name, section in document.get("parts", {}).items() if section)
+    return "data in " + ", ".join(parts) if parts else "some data"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -33,7 +34,9 @@ PIPED_WIDTH = 200
 
 def show(renderable: Any) -> None:
     # Made at print time: stdout may have been swapped (or redirected) since import.
-    Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH).print(renderable)
+    # COLUMNS, when set, is the width asked for.
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+    Console(highlight=False, width=None if wide else PIPED_WIDTH).print(renderable)
 
 
 def fail(message: str, code: int = EXIT_NOT_FOUND) -> NoReturn:

@@ -19,7 +19,8 @@ TENANT = "acme"
 
 
 def cli(h: Any, *args: str, key: str | None = None, stdin: str | None = None) -> Result:
-    env = {"RAPPORT_URL": h.url, "RAPPORT_ADMIN_KEY": key or h.admin_key, "RAPPORT_TENANT": ""}
+    # No COLUMNS: output goes to a pipe, as in a script, at the CLI's own width.
+    env = {"RAPPORT_URL": h.url, "RAPPORT_ADMIN_KEY": key or h.admin_key, "RAPPORT_TENANT": None, "COLUMNS": None}
     return CliRunner().invoke(app, list(args), env=env, input=stdin)
 
 
@@ -110,7 +111,7 @@ def test_cli_admin_over_a_real_server(make_rapport: Any, scripted_upstream: Any)
     assert no_answer.exit_code != 0
     assert as_json(cli(h, "memories", "list", "maria", *t, "--json"))["total"] == 2
     asked = cli(h, "forget", "maria", *t, stdin="y\n")
-    assert asked.exit_code == 0 and "Forget user 'maria'" in asked.stderr
+    assert asked.exit_code == 0 and "Forget user 'maria' of tenant 'acme' everywhere (2 memories, 2 summary versions" in asked.stderr
     assert "maria" not in {u["user"] for u in as_json(cli(h, "users", "--json"))["data"]}
     forgotten = as_json(cli(h, "forget", "maria2", *t, "--yes", "--json"))
     assert forgotten["removed"]["memory"]["items"] == 1
