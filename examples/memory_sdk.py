@@ -1,8 +1,9 @@
-"""Memory with the Rapport SDK: chat as a user, then inspect, search, edit, summarize, export and forget.
+"""Memory with the Rapport SDK: chat as a user, then see what Rapport remembers, search, add, edit, export, forget.
 
 Start Rapport first (`bash scripts/serve.sh`), then:
     RAPPORT_URL=http://127.0.0.1:8080 RAPPORT_API_KEY=... RAPPORT_ADMIN_KEY=... python examples/memory_sdk.py
-(in open local mode, without keys, any key works).
+(in open local mode, without keys, any key works). RAPPORT_TENANT names the tenant of the API key (default
+"default"); RAPPORT_MODEL the model (default smollm2).
 """
 
 from __future__ import annotations
@@ -13,47 +14,48 @@ import time
 
 from rapport import Rapport
 
+USER = os.environ.get("RAPPORT_USER", "alice")
+MODEL = os.environ.get("RAPPORT_MODEL", "smollm2")
+
 rp = Rapport(
     os.environ.get("RAPPORT_URL", "http://127.0.0.1:8080"),
     api_key=os.environ.get("RAPPORT_API_KEY", "sk-local"),
     admin_key=os.environ.get("RAPPORT_ADMIN_KEY"),
+    tenant=os.environ.get("RAPPORT_TENANT", "default"),
 )
-model = os.environ.get("RAPPORT_MODEL", "smollm2")
 
-# 1. An ordinary OpenAI client, bound to the end user "alice".
-chat = rp.openai(user="alice")
+# 1. An ordinary OpenAI client, bound to the end user.
+chat = rp.openai(user=USER)
 chat.chat.completions.create(
-    model=model,
-    messages=[{"role": "user", "content": "I'm vegetarian and I cook for two kids."}],
-    max_tokens=32,
+    model=MODEL, messages=[{"role": "user", "content": "I'm vegetarian and I cook for two kids."}], max_tokens=32
 )
 
-# 2. The exchange is stored off the request path; wait for it to show up.
+# 2. The exchange is stored off the request path (the answer does not wait for it): poll until it shows up.
 deadline = time.monotonic() + 30
-while not rp.memories.list("alice").data and time.monotonic() < deadline:
+while not rp.memories.list(USER).data and time.monotonic() < deadline:
     time.sleep(0.2)
 
 # 3. A later conversation: Rapport retrieves the preference into the prompt; `rapport` reports what it added.
 reply = chat.chat.completions.create(
-    model=model,
+    model=MODEL,
     messages=[{"role": "user", "content": "What should I make for dinner?"}],
     max_tokens=64,
     extra_body={"rapport": {"memory": {"k": 3}}},
 )
-print(reply.choices[0].message.content)
-print(json.dumps(reply.model_extra.get("rapport"), indent=2))
+print("assistant:", reply.choices[0].message.content)
+memory_stage = next(s for s in (reply.model_extra or {})["rapport"]["stages"] if s["name"] == "memory")
+print("memory stage:", json.dumps(memory_stage["detail"]))
 
-# 4. Inspect and edit.
-for memory in rp.memories.search("alice", "food preferences", limit=3):
-    print(f"{memory.score:.2f}  {memory.text}")
-note = rp.memories.add("alice", "Allergic to peanuts.", role="note")
-rp.memories.update("alice", note.id, text="Severely allergic to peanuts.")
+# 4. Search, add and edit (an edit is embedded again, so search finds the new text).
+for memory in rp.memories.search(USER, "food preferences", limit=3):
+    print(f"search: {memory.score:.2f} {memory.text}")
+note = rp.memories.add(USER, "Allergic to peanuts.", role="note")
+edited = rp.memories.update(USER, note.id, text="Severely allergic to peanuts.")
+print("edited:", edited.text)
 
-# 5. A task-aware summary, written offline by the utility LLM through the job queue.
-[job_id] = rp.summaries.regenerate("alice")
-print(rp.jobs.wait(job_id, timeout=300).status, [s.text for s in rp.summaries.list("alice")])
-
-# 6. Export, then forget everything about alice (memory, summaries, jobs, RPM data).
-backup = rp.users.export("alice")
-print(len(backup["items"]), "items exported")
-print(rp.users.forget("alice").removed)
+# 5. Export everything Rapport holds about the user, one section per part (memory, rpm, vas, responses, ...):
+# a JSON document `users.import_` takes back. Then forget them everywhere.
+backup = rp.users.export(USER)
+print("exported parts:", ", ".join(sorted(backup["parts"])))
+print("forgotten:", json.dumps(rp.users.forget(USER).removed))
+print("left after forget:", len(rp.memories.list(USER).data))
