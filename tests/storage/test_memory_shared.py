@@ -3,16 +3,18 @@
 What a user of two replicas behind a load balancer relies on: a chat recorded on replica A is listed, searched
 and injected through replica B (within the recording delay: the exchange is stored after its response, so it
 is polled for with a deadline); admin and import writes on one replica are visible on the other at once; a
-forget on B leaves nothing of the user on A, at once and for as long as we look; the data dirs hold nothing of
-memory. And PostgreSQL stopped while serving: /readyz 503, chat degraded or 503 per `degrade_on_store_failure`,
+forget on A (then again on B) leaves nothing of the user on either, in any part of the export, at once and 10 s
+later; the data dirs hold nothing of memory. And PostgreSQL stopped while serving: /readyz 503, chat degraded or 503 per `degrade_on_store_failure`,
 admin writes 503, an exchange that cannot be recorded counted in `rapport_recordings_lost_total` and dropped
 (never buffered), and recovery once the server is back, without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from memory.staging import StagedStore
 from memory.store import ChromaStore
 from memory.stores.choose import open_store
 from rapport.core.database import Database
+from rapport.core.userdata import is_empty
+from tests.storage.test_userdata_registry import fill
 from tests.support.helpers import admin, wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.upstream import Reply
@@ -36,13 +40,20 @@ TENANT = "tenant-a"
 MEMORY_ONLY = ("proxy.stages.memory_plugin:build",)
 PREFERENCE = "Please remember that I keep kosher and never eat shellfish."
 LOST = re.compile(r'^rapport_recordings_lost_total\{stage="memory"\} (\S+)$', re.M)
-# How long a forgotten user is watched for on both replicas (anything cached or staged would come back).
-FORGET_WATCH_S = 3.0
+# A forgotten user is checked on both replicas at once and again this long after (issue 12: "immediately and
+# 10 s later"). A fixed wait on purpose, not a synchronization: what it must show is that nothing cached, staged
+# or recorded late brings the user back once the replicas have had that long.
+FORGET_WATCH_S = 10.0
+# What every replica registers in the user-data registry (the export document's sections) with the stages on.
+PARTS = {"memory", "rpm", "vas", "responses"}
 
 
-def replica(make_rapport: Any, url: str, data_dir: Path, **overrides: Any) -> Any:
+def replica(
+    make_rapport: Any, url: str, data_dir: Path, plugins: tuple[str, ...] | None = MEMORY_ONLY, **overrides: Any
+) -> Any:
+    """A Rapport server on the shared database; `plugins=None` runs every default stage."""
     return make_rapport(
-        plugins=MEMORY_ONLY, data_dir=data_dir, database_url=url, memory={"summary_every": 1000}, **overrides
+        plugins=plugins, data_dir=data_dir, database_url=url, memory={"summary_every": 1000}, **overrides
     )
 
 
@@ -106,8 +117,10 @@ def test_two_replicas_share_memory_and_a_forget_on_one_empties_the_other(
 ) -> None:
     # postgres_url first: its database is dropped after the servers have stopped.
     dirs = [tmp_path / "replica-a", tmp_path / "replica-b"]
-    a_srv, b_srv = (replica(make_rapport, postgres_url, d) for d in dirs)
-    assert isinstance(a_srv.services.plugins[0].service.store, PgVectorStore)
+    # Every stage on: RPM, VAS and stored responses hold data of the user too, and the forget must reach them.
+    a_srv, b_srv = (replica(make_rapport, postgres_url, d, plugins=None) for d in dirs)
+    [memory_plugin] = [p for p in a_srv.services.plugins if p.name == "memory"]
+    assert isinstance(memory_plugin.service.store, PgVectorStore)
     with admin(a_srv) as a, admin(b_srv) as b:
         # A chat recorded on A reaches B's admin API and B's next prompt.
         chat(a_srv, "sam", PREFERENCE)
@@ -132,28 +145,71 @@ def test_two_replicas_share_memory_and_a_forget_on_one_empties_the_other(
         assert r.status_code == 200, r.text
         assert texts(a, "sam", q="which city is home", limit=1) == ["I live in Lisbon."]
         assert sorted(texts(a, "sam")) == sorted([PREFERENCE, "I live in Lisbon.", "I play the cello."])
-        assert no_5xx(a.get("/admin/users/sam/export", params={"tenant": TENANT})).json()["parts"]["memory"]["items"]
+        # Something of sam in every other part too (RPM history and feedback, a VAS profile, a stored response,
+        # two more items and a summary), so each section of the export has something to lose.
+        fill(a_srv, TENANT, "sam")
+        doc = no_5xx(b.get("/admin/users/sam/export", params={"tenant": TENANT})).json()
+        assert PARTS <= set(doc["parts"]) and not any(is_empty(doc["parts"][name]) for name in PARTS), doc["parts"]
 
-        # Forget on B: nothing of sam on A (or B), through any door, at once and for a while.
+        # Forget on A: nothing of sam on A or B, through any door, at once; then on B (nothing left to remove).
+        r = no_5xx(a.delete("/admin/users/sam", params={"tenant": TENANT}))
+        assert r.status_code == 200 and r.json()["removed"]["memory"]["items"] == 5, r.text
+        assert PARTS <= set(r.json()["removed"]), r.text
+        probes = iter(range(1, 1000))
+        forgotten_everywhere(a_srv, a, b_srv, b, scripted_upstream, probes)
         r = no_5xx(b.delete("/admin/users/sam", params={"tenant": TENANT}))
-        assert r.status_code == 200 and r.json()["removed"]["memory"]["items"] == 3, r.text
-        deadline = time.monotonic() + FORGET_WATCH_S
-        probe = 0
-        while True:
-            for client, handle in ((a, a_srv), (b, b_srv)):
-                assert texts(client, "sam") == []
-                assert texts(client, "sam", q="shellfish kosher Lisbon cello") == []
-                assert no_5xx(client.get("/admin/users/sam/export", params={"tenant": TENANT})).status_code == 404
-                probe += 1
-                asked = f"Any dinner ideas? ({probe})"
-                chat(handle, "sam", asked, record=False)  # a probe must not give sam new memory
-                seen = prompt_for(scripted_upstream, asked)
-                assert not any(word in seen for word in ("shellfish", "Lisbon", "cello")), seen
-            if time.monotonic() > deadline:
-                break
+        assert r.status_code == 200, r.text
+        assert removed_anything(r.json()["removed"]) == [], r.text
+        forgotten_everywhere(a_srv, a, b_srv, b, scripted_upstream, probes)
+        # And 10 s later, still nothing on either replica.
+        time.sleep(FORGET_WATCH_S)
+        forgotten_everywhere(a_srv, a, b_srv, b, scripted_upstream, probes)
         assert rows_of(postgres_url, "sam") == 0
     for d in dirs:
         assert memory_files(d) == [], memory_files(d)
+
+
+# Words of sam's data (the chats, the admin writes and what fill() put in every part).
+SAM_WORDS = ("shellfish", "Lisbon", "cello", "bees", "Ines")
+
+
+def removed_anything(removed: dict[str, Any]) -> list[str]:
+    """What a forget's answer says it removed: `part.kind` (or a top-level count's name) for every count above 0."""
+    found: list[str] = []
+    for name, counts in removed.items():
+        for kind, n in (counts.items() if isinstance(counts, dict) else [("", counts)]):
+            if n:
+                found.append(f"{name}.{kind}" if kind else name)
+    return found
+
+
+def registry_document(handle: Any, user: str) -> dict[str, Any]:
+    """The export document straight from a replica's user-data registry, on that server's own loop: every
+    section, even when all are empty (the HTTP export answers 404 then, which shows no section by itself)."""
+    loop = handle.server.loop
+    assert loop is not None
+    future = asyncio.run_coroutine_threadsafe(handle.services.jobs.userdata.export(TENANT, user), loop)
+    document: dict[str, Any] = future.result(timeout=60)
+    return document
+
+
+def forgotten_everywhere(
+    a_srv: Any, a: httpx.Client, b_srv: Any, b: httpx.Client, upstream: Any, probes: Iterator[int]
+) -> None:
+    """Nothing of sam on either replica: listing, search, the export (every section of the document, and the
+    HTTP export's 404), and the next prompt; no 5xx anywhere."""
+    for client, handle in ((a, a_srv), (b, b_srv)):
+        assert texts(client, "sam") == []
+        assert texts(client, "sam", q="shellfish kosher Lisbon cello bees") == []
+        assert no_5xx(client.get("/admin/users/sam/export", params={"tenant": TENANT})).status_code == 404
+        document = registry_document(handle, "sam")
+        assert document["format"] == "rapport.user.v2" and PARTS <= set(document["parts"]), document
+        for name, section in document["parts"].items():
+            assert is_empty(section), (name, section)
+        asked = f"Any dinner ideas? ({next(probes)})"
+        chat(handle, "sam", asked, record=False)  # a probe must not give sam new memory
+        seen = prompt_for(upstream, asked)
+        assert not any(word in seen for word in SAM_WORDS), seen
 
 
 def test_open_store_without_a_shared_database_is_todays_embedded_store(tmp_path: Path, postgres_url: str) -> None:
