@@ -34,7 +34,6 @@ def run_example(name: str, rapport: Any, timeout: float = 120.0, **env: str) -> 
         "RAPPORT_ADMIN_KEY": rapport.admin_key,
         "RAPPORT_TENANT": TENANT,
         "RAPPORT_MODEL": MODEL,
-        "OPENAI_AGENTS_DISABLE_TRACING": "1",
         **env,
     }
     done = subprocess.run(
