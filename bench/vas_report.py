@@ -237,7 +237,7 @@ def _cost_panel(ax: Any, results: dict[str, Any]) -> None:
 
 def _llama_cost(results: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     cost = results.get("llama_cost", {})
-    tag = "quiet" if "quiet" in cost else next(iter(cost), None)
+    tag = "quiet" if "quiet" in cost else next(reversed(cost), None)  # else the latest run
     return None if tag is None else (tag, cost[tag])
 
 
