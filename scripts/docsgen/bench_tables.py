@@ -13,7 +13,7 @@ from typing import Any
 
 # Plots the pages show; copied from bench/results/ into docs/assets/bench/ at build time.
 PLOTS = (
-    "overhead.png", "memory.png", "locomo_recall.png", "prefeval_recall.png", "rpm_eval.png", "vas.png",
+    "overhead.png", "memory.png", "locomo_recall.png", "locomo_recall_postgres.png", "prefeval_recall.png", "rpm_eval.png", "vas.png",
     "replica_rss.png",
 )
 
@@ -185,6 +185,7 @@ def overhead(data: dict[str, Any]) -> str:
 RENDERERS: dict[str, tuple[str, Renderer]] = {
     "overhead.md": ("overhead.json", overhead),
     "locomo_recall.md": ("locomo_recall.json", locomo_recall),
+    "locomo_recall_postgres.md": ("locomo_recall_postgres.json", locomo_recall),
     "memory_retrieval.md": ("memory.json", memory_retrieval),
     "memory_ingest.md": ("memory.json", memory_ingest),
     "soak.md": ("soak.json", soak),
