@@ -58,6 +58,12 @@ class VASSettings(BaseModel):
     # Extra fields for the top-k log-probability calls of `completions` (drop for APIs that reject them).
     logprob_extra: dict[str, Any] = Field(default_factory=lambda: {"min_tokens": 1})
     torch_threads: int = Field(default=1, ge=1, le=256)
+    # Torch value models' weights. bfloat16 reads half the bytes per value pass (about half the CPU here: 32-39
+    # ms against 65-75 ms at k=10 on one core, bench/vas_cost_llama.py) but moves values by up to ~9% of their
+    # spread, so it is an opt-in. onednn pre-packs float32 weights for oneDNN on x86: the same values for about
+    # a fifth less CPU.
+    value_dtype: Literal["float32", "bfloat16"] = "float32"
+    value_onednn: bool = False
     # Operator bounds on one request (not request fields). A request option above a cap is a 400 naming
     # it; a request that reaches a budget mid-way stops steering and finishes plainly (one plain
     # completion of the same prefix, counted within max_upstream_calls), and says so in `rapport`.

@@ -100,7 +100,8 @@ class VASEngine:
                 if entry.backend == "torch":
                     assert entry.path is not None
                     torch_backend = TorchBackend(entry.path, entry.name, self.settings.torch_threads,
-                                                 executor=self.value_executor)
+                                                 executor=self.value_executor, dtype=self.settings.value_dtype,
+                                                 onednn=self.settings.value_onednn)
                     backend, tokenizer = torch_backend, torch_backend.tokenizer
                 else:
                     assert entry.url is not None

@@ -107,3 +107,20 @@ def test_onednn_packed_weights_give_the_same_values(backend: TorchBackend) -> No
         seqs = [[*prefix, rng.randrange(backend.tokenizer.vocab_size)] for _ in range(10)]
         assert session.score_ids(seqs) == pytest.approx(_full(backend, seqs), abs=TOL)
         prefix = seqs[0]
+
+
+def test_the_settings_choose_the_value_models_dtype(backend: TorchBackend, tmp_path: Path) -> None:
+    from reasoning.vas.config import VASSettings
+    from reasoning.vas.engine import VASEngine
+
+    settings = VASSettings(value_models=[{"name": "v", "path": str(backend.path)}], value_dtype="bfloat16")
+    engine = VASEngine(settings, tmp_path)
+    try:
+        engine.load()
+        loaded = engine.backends["v"]
+        assert isinstance(loaded, TorchBackend)
+        assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
