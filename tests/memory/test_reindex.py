@@ -212,8 +212,11 @@ async def test_server_start_refuses_a_changed_model_and_rapport_reindex_fixes_it
     data_dir = tmp_path / "data"
     overrides: dict[str, Any] = {"memory": {"query_embedding_backend": None}, "rpm": {"enabled": False}}
     first = create_app(rapport_settings(data_dir, scripted_upstream.base_url, **overrides))
-    await first.state.services.start()  # records the packaged MiniLM
-    await first.state.services.close()
+    services = first.state.services
+    await services.start()  # records the packaged MiniLM
+    memory = next(p for p in services.plugins if p.name == "memory").service
+    await memory.ingest([MemoryItem(TENANT, "sam", FACTS["pet"]), MemoryItem(TENANT, "sam", FACTS["music"])])
+    await services.close()
 
     changed = {"memory": {"query_embedding_backend": None, "embedding_model": str(_other_copy_of_minilm(tmp_path))},
                "rpm": {"enabled": False}}
@@ -231,7 +234,7 @@ async def test_server_start_refuses_a_changed_model_and_rapport_reindex_fixes_it
 
     done = CliRunner().invoke(cli_app, ["reindex"])
     assert done.exit_code == 0, done.output
-    assert "re-embedded 0 items of 0 users with minilm-copy@" in done.output
+    assert "re-embedded 2 items of 1 users with minilm-copy@" in done.output
     third = create_app(settings)
     try:
         await third.state.services.start()  # no refusal now
