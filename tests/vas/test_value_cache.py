@@ -8,6 +8,7 @@ and compare each step against running every whole sequence from scratch.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -121,6 +122,4 @@ def test_the_settings_choose_the_value_models_dtype(backend: TorchBackend, tmp_p
         assert isinstance(loaded, TorchBackend)
         assert next(loaded.model.parameters()).dtype == torch.bfloat16
     finally:
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        asyncio.run(engine.close())
