@@ -503,7 +503,10 @@ async def run_postgres(
                 row["runs_items_per_s"] = [r["items_per_s"] for r in store_runs]
                 row["repeats"] = len(store_runs)
                 row["table_rows_before"] = (scale.sizes[-1] + scale.big) if store == "postgres" else None
-                ingest_rows[f"{store}/torch/c{scale.ingest_writers}"] = row
+                # The embedded row's own key: it is this run's control (same minutes, same load), not the
+                # embedded store's row measured on its own (embedded/torch/c64), which it must not replace.
+                suffix = "" if store == "postgres" else "/beside-postgres"
+                ingest_rows[f"{store}/torch/c{scale.ingest_writers}{suffix}"] = row
         finally:
             db.close()
     section["loadavg_end"] = list(os.getloadavg())
