@@ -7,6 +7,7 @@ through the admin API and compared with the successful chats (each stores exactl
 
     python bench/soak.py                          # concurrency 64 for 10 minutes
     python bench/soak.py --duration 60 --concurrency 16
+    python bench/soak.py --replicas 2 --duration 60  # N replicas on one PostgreSQL (bench/soak_replicas.py)
 
 Before measuring, every user is touched once (one chat each) and then a short load warms the caches, so the
 RSS taken at the start already includes each user's Chroma collection being opened; RSS is then sampled every
@@ -462,12 +463,33 @@ def report(result: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds of measured load (default 600)")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds of measured load (default 600; 60 per run with --replicas)"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--users", type=int, default=500, help="distinct end users the load spreads over")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load after every user was touched, before RSS is taken")
-    parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/soak.json (soak_replicas.json with --replicas)")
+    parser.add_argument(
+        "--replicas", type=int, default=0,
+        help="run 1 and then N replicas on one shared PostgreSQL instead (see bench/soak_replicas.py)",
+    )
+    parser.add_argument(
+        "--database-url", default=None, help="with --replicas: a PostgreSQL server to create the runs' databases on "
+        "(default: a pgserver started by the bench)",
+    )
     args = parser.parse_args()
+    if args.replicas:
+        # Run as a script, only bench/ is on the path; the replica soak imports this module as `bench.soak`.
+        sys.path.insert(0, str(ROOT))
+        from bench.soak_replicas import main as soak_replicas
+
+        args.duration = 60.0 if args.duration is None else args.duration
+        args.out = args.out or RESULTS / "soak_replicas.json"
+        soak_replicas(args)
+        return
+    args.duration = 600.0 if args.duration is None else args.duration
+    args.out = args.out or RESULTS / "soak.json"
     print(f"soak: concurrency {args.concurrency} for {args.duration:g}s after {args.warmup:g}s warm-up ...", flush=True)
     result = run_soak(duration=args.duration, concurrency=args.concurrency, users=args.users, warmup=args.warmup)
     args.out.parent.mkdir(parents=True, exist_ok=True)
