@@ -182,7 +182,27 @@ def overhead(data: dict[str, Any]) -> str:
          "server CPU ms/req", "errors", "under load"], rows) + "\n" + _load_note(data)
 
 
+def soak_replicas(data: dict[str, Any]) -> str:
+    rows = []
+    for run in data["runs"]:
+        lat = run.get("latency_ms", {})
+        rows.append([
+            _num(run["replicas"]), _num(run["throughput_rps"]), _num(run["errors_5xx"]),
+            f"{_num(run['items_written'])} / {_num(run['items_expected'])}", _num(run.get("recordings_lost")),
+            f"{_num(lat.get('p50'), 0)} / {_num(lat.get('p95'), 0)}", _num(run.get("rss_growth_pct_max")),
+            _num(run.get("replica_cpu_ms_per_request")), _num(run.get("postgres_cpu_ms_per_request")),
+            f"{float(run['loadavg_before'][0]):.1f}" if run.get("loadavg_before") else "-",
+        ])
+    cfg = data.get("config", {})
+    head = (f"{_num(cfg.get('duration_s'), 0)} s per run at concurrency {cfg.get('concurrency', '?')}, "
+            f"{cfg.get('users', '?')} users, requests {cfg.get('routing', '?')}, memory {cfg.get('memory', '?')}.\n\n")
+    return head + _table(["replicas", "req/s", "5xx", "items written / expected", "recordings lost",
+                          "latency p50 / p95 ms", "RSS growth % (worst replica)", "replica CPU ms/req",
+                          "PostgreSQL CPU ms/req", "load before"], rows)
+
+
 RENDERERS: dict[str, tuple[str, Renderer]] = {
+    "soak_replicas.md": ("soak_replicas.json", soak_replicas),
     "overhead.md": ("overhead.json", overhead),
     "locomo_recall.md": ("locomo_recall.json", locomo_recall),
     "locomo_recall_postgres.md": ("locomo_recall_postgres.json", locomo_recall),
