@@ -64,6 +64,12 @@ class MemorySettings(BaseModel):
     # One collection per (tenant, user): chosen by measurement (see bench/memory.py and the README).
     collection_layout: Literal["per_user", "shared"] = "per_user"
     collection_prefix: str = Field(default="rapport", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,30}$")
+    # Embedded store: once this many users' collections have been opened, the store closes its Chroma client
+    # (freeing every loaded index, about 2.7 MB each for a small user) and opens a new one; each user's next
+    # call loads its index again (a few ms). 256 caps loaded vectors at about 0.7 GB however many users one
+    # process serves (bench/replica_rss.py). None: chromadb's own cache, the open-file limit / 5 indexes,
+    # which in chromadb 1.5.9 also loses a user's latest items when it evicts (memory/store.py).
+    max_open_collections: int | None = Field(default=256, ge=1)
 
     # What each exchange stores.
     store_assistant_turns: bool = False

@@ -4,14 +4,27 @@ Methods are synchronous and blocking: the memory service calls them from worker 
 Layout: `per_user` keeps one collection per (tenant, user), so a query searches only that user's index
 with no metadata filter; `shared` keeps one collection and filters by tenant and user (measured slower,
 see bench/memory.py) and exists for that comparison.
+
+Residency (embedded): chromadb keeps every collection it has opened loaded (about 2.7 MB for a small
+user's HNSW index), so a process grew with every user it served. Letting chromadb evict is not safe in
+1.5.9: an index evicted in-process is reloaded from its last persisted copy without the log written since,
+so a user's latest items silently vanish from queries, or the query fails ("Nothing found on disk") when the
+index was never persisted (reproduced in tests/memory/test_chroma_residency.py's notes). A fresh client does
+replay that log. So with `max_open_collections` set, once that many distinct collections have been opened
+the store waits for the calls in flight, closes its client (which frees every loaded index), hands the freed
+heap back to the OS (glibc kept it otherwise) and opens a new one; chromadb's own cache is sized above the
+bound so that it never evicts in between. bench/replica_rss.py measures a replica over 10k users.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -64,6 +77,81 @@ def collection_name(prefix: str, tenant: str, user: str) -> str:
     return f"{prefix}-u-{digest}"
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Gate:
+    """Shared use of the client by any number of calls, or its exclusive replacement. Reentrant for a
+    thread already inside (add calls present): such a call never waits for a replacement that is itself
+    waiting for that thread's outer call to finish."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._replacing = False
+        self._depth = threading.local()
+
+    def held(self) -> bool:
+        return int(getattr(self._depth, "n", 0)) > 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = int(getattr(self._depth, "n", 0))
+        if depth == 0:
+            with self._cond:
+                while self._replacing:
+                    self._cond.wait()
+                self._active += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._replacing:
+                self._cond.wait()
+            self._replacing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._replacing = False
+                self._cond.notify_all()
+
+
+def _one_user(
+    method: Callable[Concatenate[ChromaStore, str, str, P], T],
+) -> Callable[Concatenate[ChromaStore, str, str, P], T]:
+    @functools.wraps(method)
+    def gated(self: ChromaStore, tenant: str, user: str, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._using([(tenant, user)]):
+            return method(self, tenant, user, *args, **kwargs)
+
+    return gated
+
+
+def _items_users(
+    method: Callable[[ChromaStore, list[MemoryItem], Vectors], T],
+) -> Callable[[ChromaStore, list[MemoryItem], Vectors], T]:
+    @functools.wraps(method)
+    def gated(self: ChromaStore, items: list[MemoryItem], vectors: Vectors) -> T:
+        with self._using(list(group_by_user(items))):
+            return method(self, items, vectors)
+
+    return gated
+
+
 class ChromaStore:
     def __init__(
         self,
@@ -75,9 +163,16 @@ class ChromaStore:
         headers: dict[str, str] | None = None,
         layout: Literal["per_user", "shared"] = "per_user",
         prefix: str = "rapport",
+        max_open_collections: int | None = None,
     ) -> None:
         import chromadb
         from chromadb.config import Settings
+
+        from memory.chroma_client import open_embedded_client
+
+
+        if max_open_collections is not None and max_open_collections < 1:
+            raise ValueError("max_open_collections must be at least 1")
 
         settings = Settings(anonymized_telemetry=False)
         self._client: Any = None
@@ -91,11 +186,18 @@ class ChromaStore:
         else:
             assert path is not None, "embedded mode needs a path"
             path.mkdir(parents=True, exist_ok=True)
-            self._client = chromadb.PersistentClient(path=str(path), settings=settings)
+            # Twice the bound: chromadb's cache admits by frequency once full, so it must never be full.
+            capacity = None if max_open_collections is None else 2 * max_open_collections
+            self._connect = lambda: open_embedded_client(path, capacity)
+            self._client = self._connect()
         self.layout = layout
         self.prefix = prefix
+        # Only the embedded client is reopened: a server keeps its own memory.
+        self.max_open_collections = max_open_collections if host is None else None
+        self.reopens = 0
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._gate = _Gate()
 
     @property
     def client(self) -> Any:
@@ -112,11 +214,37 @@ class ChromaStore:
             return f"{self.prefix}-shared"
         return collection_name(self.prefix, tenant, user)
 
+    @contextmanager
+    def _using(self, users: list[tuple[str, str]]) -> Iterator[None]:
+        """Every public call runs inside this: it reopens the client first when these users' collections
+        would take the open set past the bound, then holds the client open (shared) until the call ends."""
+        bound = self.max_open_collections
+        if bound is not None and not self._gate.held():
+            names = {self._name(t, u) for t, u in users}
+            with self._lock:
+                full = len(self._collections.keys() | names) > bound and bool(self._collections)
+            if full:
+                self._reopen(bound)
+        with self._gate.shared():
+            yield
+
+    def _reopen(self, bound: int) -> None:
+        with self._gate.exclusive():
+            with self._lock:
+                if len(self._collections) < bound:  # another thread reopened while this one waited
+                    return
+                self._collections.clear()
+                client, self._client = self._client, None
+            if client is not None:
+                client.close()
+                from memory.chroma_client import return_freed_memory
+
+                return_freed_memory()
+            self._client = self._connect()
+            self.reopens += 1
+
     def _collection(self, tenant: str, user: str, create: bool) -> Any:
         name = self._name(tenant, user)
-        found = self._collections.get(name)
-        if found is not None:
-            return found
         with self._lock:
             found = self._collections.get(name)
             if found is not None:
@@ -135,6 +263,12 @@ class ChromaStore:
             self._collections[name] = col
             return col
 
+    def open_collections(self) -> int:
+        """How many collections the current client has opened (at most `max_open_collections`, except
+        for one call that names more users than that)."""
+        with self._lock:
+            return len(self._collections)
+
     def _where(self, tenant: str, user: str, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         clauses: list[dict[str, Any]] = []
         if self.layout == "shared":
@@ -147,6 +281,7 @@ class ChromaStore:
 
     # -- writes -------------------------------------------------------------------------------------
 
+    @_items_users
     def add(self, items: list[MemoryItem], vectors: Vectors) -> list[str]:
         stored: list[str] = []
         for (tenant, user), idx in group_by_user(items).items():
@@ -168,6 +303,7 @@ class ChromaStore:
             stored += [items[i].id for i in fresh]
         return stored
 
+    @_one_user
     def present(self, tenant: str, user: str, ids: list[str]) -> set[str]:
         """Which of `ids` the user's collection holds (no collection is created to answer)."""
         col = self._collection(tenant, user, create=False)
@@ -175,6 +311,7 @@ class ChromaStore:
             return set()
         return set(col.get(ids=ids, where=self._where(tenant, user), include=[])["ids"])
 
+    @_one_user
     def ids(self, tenant: str, user: str) -> set[str]:
         """Every id the user has in the store."""
         col = self._collection(tenant, user, create=False)
@@ -182,6 +319,7 @@ class ChromaStore:
             return set()
         return set(col.get(where=self._where(tenant, user), include=[])["ids"])
 
+    @_items_users
     def upsert(self, items: list[MemoryItem], vectors: Vectors) -> None:
         for (tenant, user), idx in group_by_user(items).items():
             col = self._collection(tenant, user, create=True)
@@ -192,11 +330,13 @@ class ChromaStore:
                 metadatas=[items[i].metadata() for i in idx],  # type: ignore[misc]
             )
 
+    @_one_user
     def delete(self, tenant: str, user: str, ids: list[str]) -> None:
         col = self._collection(tenant, user, create=False)
         if col is not None and ids:
             col.delete(ids=ids, where=self._where(tenant, user))
 
+    @_one_user
     def delete_user(self, tenant: str, user: str) -> int:
         col = self._collection(tenant, user, create=False)
         if col is None:
@@ -215,6 +355,7 @@ class ChromaStore:
 
     # -- reads --------------------------------------------------------------------------------------
 
+    @_one_user
     def query(self, tenant: str, user: str, vector: Vectors, n: int) -> list[Hit]:
         col = self._collection(tenant, user, create=False)
         if col is None or n <= 0:
@@ -237,6 +378,7 @@ class ChromaStore:
             for i in range(len(ids))
         ]
 
+    @_one_user
     def get(
         self, tenant: str, user: str, ids: list[str] | None = None, where: dict[str, Any] | None = None
     ) -> list[MemoryItem]:
@@ -251,6 +393,7 @@ class ChromaStore:
         items.sort(key=lambda it: it.ts)
         return items
 
+    @_one_user
     def get_vectors(self, tenant: str, user: str, ids: list[str]) -> dict[str, Vectors]:
         col = self._collection(tenant, user, create=False)
         if col is None or not ids:
@@ -261,6 +404,7 @@ class ChromaStore:
             for i, e in zip(result["ids"], result["embeddings"], strict=True)
         }
 
+    @_one_user
     def count(self, tenant: str, user: str) -> int:
         col = self._collection(tenant, user, create=False)
         if col is None:
@@ -272,14 +416,16 @@ class ChromaStore:
     def collection_exists(self, tenant: str, user: str) -> bool:
         """Asks Chroma itself (not the handle cache): used to prove a forgotten user is gone."""
         try:
-            self.client.get_collection(self._name(tenant, user), embedding_function=None)
+            with self._gate.shared():  # not mid-reopen, where a second client would be built
+                self.client.get_collection(self._name(tenant, user), embedding_function=None)
         except Exception:
             return False
         return True
 
     def heartbeat(self) -> bool:
         try:
-            self.client.heartbeat()
+            with self._gate.shared():
+                self.client.heartbeat()
         except Exception:
             return False
         return True
@@ -288,8 +434,9 @@ class ChromaStore:
         """Release the client. Why: chromadb keeps every embedded client's system (its SQLite handle and the
         loaded HNSW segments of each collection opened) in a process-wide cache until the client is closed, so a
         process that builds and drops stores (tests, `rapport db migrate`) would otherwise keep them all."""
-        client, self._client = self._client, None
-        self._collections.clear()
+        with self._gate.exclusive():
+            client, self._client = self._client, None
+            self._collections.clear()
         close = getattr(client, "close", None)
         if close is not None:
             close()

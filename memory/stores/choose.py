@@ -47,7 +47,12 @@ def open_store(
     if settings.store == "server":
         store = chroma_server(settings)
     else:
-        store = ChromaStore(path=root / "chroma", layout=settings.collection_layout, prefix=settings.collection_prefix)
+        store = ChromaStore(
+            path=root / "chroma",
+            layout=settings.collection_layout,
+            prefix=settings.collection_prefix,
+            max_open_collections=settings.max_open_collections,
+        )
     if settings.staged_writes:
         store = StagedStore(
             store,
