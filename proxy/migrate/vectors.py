@@ -50,7 +50,14 @@ class EmbeddedMemory:
         self.root = data_dir / "memory"
         self.prefix = settings.collection_prefix
         self.layout = settings.collection_layout
-        self.chroma = ChromaStore(path=self.root / "chroma", layout=self.layout, prefix=self.prefix)
+        # The same residency bound as a server: a migration walks every user's collection, which unbounded would
+        # keep them all resident (and past chromadb's own cache, drop unsaved writes on eviction).
+        self.chroma = ChromaStore(
+            path=self.root / "chroma",
+            layout=self.layout,
+            prefix=self.prefix,
+            max_open_collections=settings.max_open_collections,
+        )
 
     @property
     def exists(self) -> bool:

@@ -152,11 +152,16 @@ def forget_generation(data: dict[str, Any]) -> str:
 
 def replica_rss(data: dict[str, Any]) -> str:
     rows = []
-    for run in data.get("runs", []):
-        rows.append([f"`{run.get('backend', '?')}`", _num(run.get("users")), _num(run.get("rss_start_mb"), 0),
-                     _num(run.get("rss_end_mb"), 0), _num(run.get("errors_5xx", 0))])
-    return _table(["backend", "users served", "RSS at start MB", "RSS after MB", "5xx"], rows) if rows else (
-        "No runs in replica_rss.json.\n")
+    for run in data.get("rows", []):
+        rows.append([f"`{run.get('backend', '?')}`", _num(run.get("users")), _num(run.get("requests_ok")),
+                     _num(len(run.get("non_200") or {})), _num(run.get("rss_ready_mb"), 0),
+                     _num(run.get("rss_end_mb"), 0), _num(run.get("rss_peak_mb"), 0)])
+    cfg = data.get("config", {})
+    head = (f"Distinct users served once each (every {cfg.get('retrieve_every', '?')}th also retrieves), "
+            f"concurrency {cfg.get('concurrency', '?')}; embedded bound `memory.max_open_collections` = "
+            f"{cfg.get('max_open_collections_effective', '?')}.\n\n")
+    return head + _table(["backend", "users", "requests ok", "non-200 kinds", "RSS ready MB", "RSS after MB",
+                          "RSS peak MB"], rows) if rows else "No runs in replica_rss.json.\n"
 
 
 def overhead(data: dict[str, Any]) -> str:
