@@ -62,12 +62,27 @@ def _writer(url: str, worker: int, acked: list[tuple[str, str]], stop: threading
                 return  # the server is gone
 
 
-def test_kill_9_during_ingest_loses_and_duplicates_nothing(tmp_path: Path, upstream) -> None:
-    config = write_config(tmp_path / "data", upstream.base_url, memory={"summary_every": 3})
-    server = RapportProcess(config, tmp_path / "server.log").start()
+@pytest.mark.parametrize("backend", ["embedded", "shared"])
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(
+    tmp_path: Path, upstream, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Embedded: one server, killed and restarted on its data dir. Shared: two replicas on one PostgreSQL with
+    the writers spread over both; replica A is killed mid-flight while B keeps serving, then A comes back, and
+    every acknowledged write (through either replica) is there exactly once, read through both."""
+    sections: dict[str, object] = {}
+    if backend == "shared":
+        # A short lease, so the jobs the killed replica held are taken over within the test.
+        sections = {"database_url": request.getfixturevalue("postgres_url"), "database": {"job_lease_s": 2.0}}
+    config_a = write_config(tmp_path / "data-a", upstream.base_url, memory={"summary_every": 3}, **sections)
+    replicas = [RapportProcess(config_a, tmp_path / "server-a.log").start()]
+    if backend == "shared":
+        config_b = write_config(tmp_path / "data-b", upstream.base_url, memory={"summary_every": 3}, **sections)
+        replicas.append(RapportProcess(config_b, tmp_path / "server-b.log").start())
     acked: list[tuple[str, str]] = []
     stop = threading.Event()
-    writers = [threading.Thread(target=_writer, args=(server.url, w, acked, stop)) for w in range(6)]
+    writers = [
+        threading.Thread(target=_writer, args=(replicas[w % len(replicas)].url, w, acked, stop)) for w in range(6)
+    ]
     try:
         for thread in writers:
             thread.start()
@@ -75,29 +90,39 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(tmp_path: Path, upstr
         while len(acked) < 120:
             assert time.monotonic() < deadline, f"only {len(acked)} writes acknowledged"
             time.sleep(0.05)
-        server.kill()  # mid-flight: the writers still have requests open
+        replicas[0].kill()  # mid-flight: its writers still have requests open; replica B (shared) keeps serving
+        if backend == "shared":
+            # B keeps acknowledging writes after A died.
+            after_kill = len(acked)
+            deadline = time.monotonic() + 60
+            while len(acked) < after_kill + 30:
+                assert time.monotonic() < deadline, "replica B stopped acknowledging writes after A was killed"
+                time.sleep(0.05)
     finally:
         stop.set()
         for thread in writers:
             thread.join(timeout=60)
-        server.kill()
+        replicas[0].kill()
     acknowledged = list(acked)
     assert len(acknowledged) >= 120
 
-    restarted = RapportProcess(config, tmp_path / "server.log").start()
+    restarted = RapportProcess(config_a, tmp_path / "server-a.log").start()
+    readers = [restarted, *replicas[1:]]
     try:
         with httpx.Client(timeout=60, headers=ADMIN) as client:
-            for user in USERS:
-                items = client.get(
-                    f"{restarted.url}/admin/users/{user}/memories", params={"tenant": "soak", "limit": 1000}
-                ).json()["data"]
-                stored = collections.Counter(item["text"] for item in items)
-                expected = [text for owner, text in acknowledged if owner == user]
-                missing = [text for text in expected if stored[text] == 0]
-                assert not missing, f"{user}: {len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
-                duplicated = [text for text, count in stored.items() if count > 1]
-                assert not duplicated, f"{user}: duplicated after restart: {duplicated[:3]}"
-            # Jobs queued or running at the kill are resumed and finish (or fail visibly), none stay stuck.
+            for reader in readers:
+                for user in USERS:
+                    items = client.get(
+                        f"{reader.url}/admin/users/{user}/memories", params={"tenant": "soak", "limit": 1000}
+                    ).json()["data"]
+                    stored = collections.Counter(item["text"] for item in items)
+                    expected = [text for owner, text in acknowledged if owner == user]
+                    missing = [text for text in expected if stored[text] == 0]
+                    assert not missing, f"{user}: {len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
+                    duplicated = [text for text, count in stored.items() if count > 1]
+                    assert not duplicated, f"{user}: duplicated after restart: {duplicated[:3]}"
+            # Jobs queued or running at the kill are resumed (shared: taken over once the dead replica's lease
+            # expires) and finish, or fail visibly; none stay stuck.
             deadline = time.monotonic() + 180
             while True:
                 counts = client.get(f"{restarted.url}/admin/jobs", params={"limit": 1}).json()["counts"]
@@ -116,6 +141,8 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(tmp_path: Path, upstr
             assert chat.status_code == 200
     finally:
         restarted.stop()
+        for replica in replicas[1:]:
+            replica.stop()
 
 
 RPM_USERS = [f"rpm-crash-{i}" for i in range(6)]
