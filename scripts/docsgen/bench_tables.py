@@ -206,7 +206,27 @@ def soak_replicas(data: dict[str, Any]) -> str:
                           "PostgreSQL CPU ms/req", "load before"], rows)
 
 
+def vas_llama_cost(data: dict[str, Any]) -> str:
+    out = []
+    for tag, section in (data.get("llama_cost") or {}).items():
+        load = (section.get("load") or {})
+        rows = [[r["label"], r.get("base", "-"), r.get("value_dtype", "-"), _num(r.get("base_step_wall_ms_p50")),
+                 _num(r.get("value_pass_wall_ms_p50")), _num(r.get("value_pass_cpu_ms_p50")),
+                 _num(r.get("wall_s"), 2), _num(r.get("base_tokens"), 0), _num(r.get("mean_reward"), 3)]
+                for r in section.get("rows", [])]
+        starts = [v for k, v in load.items() if k.endswith("start")] if isinstance(load, dict) else []
+        note = f" (load average {float(starts[0][0]):.1f} at start)" if starts else ""
+        out.append(
+            f"Run `{tag}`{note}: k = {section.get('top_k', '?')}, up to {section.get('max_tokens', '?')} tokens, "
+            f"{section.get('prompts', '?')} prompts, reward `{section.get('reward', '?')}`, value threads "
+            f"{section.get('value_threads', '?')}.\n\n"
+            + _table(["method", "base", "value model", "base step p50 ms", "value pass p50 ms", "value pass CPU ms",
+                      "s per answer", "base tokens", "mean reward"], rows))
+    return "\n".join(out) or "No llama_cost section in vas.json.\n"
+
+
 RENDERERS: dict[str, tuple[str, Renderer]] = {
+    "vas_llama_cost.md": ("vas.json", vas_llama_cost),
     "soak_replicas.md": ("soak_replicas.json", soak_replicas),
     "overhead.md": ("overhead.json", overhead),
     "locomo_recall.md": ("locomo_recall.json", locomo_recall),
