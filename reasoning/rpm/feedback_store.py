@@ -69,6 +69,7 @@ class FeedbackStore:
     """Blocking calls, one transaction each; callers run them off the event loop."""
 
     def __init__(self, store: RPMStore, *, retention_s: float, max_per_user: int) -> None:
+        self._store = store
         self.db = store.db
         tables = TABLES[self.db.dialect]
         self._issued, self._entries, self._features, self._paths = (
@@ -152,7 +153,7 @@ class FeedbackStore:
         response is not (or no longer) there for this user, or was issued again since `issued` was read
         (the items describe the earlier answer)."""
         response_id = issued.response_id
-        t, e = self._issued, self._entries
+        t = self._issued
         now = time.time()
         with self.db.write() as conn:
             row = conn.execute(
@@ -164,17 +165,7 @@ class FeedbackStore:
                 return None
             source = SOURCE_PREFIX + str(row.key)
             replaced = self._delete_entries(conn, tenant, user, source)
-            ids = [
-                int(
-                    conn.execute(
-                        sa.insert(e)
-                        .values(tenant=tenant, user=user, input=text, response=response, task=task, source=source,
-                                status="pending", created_at=now)
-                        .returning(e.c.id)
-                    ).scalar_one()
-                )
-                for text, response, task in items
-            ]
+            ids = self._store.insert_entries(conn, tenant, user, items, source, now)
             conn.execute(
                 sa.update(t)
                 .where(self._scope(t, tenant, user), t.c.id == response_id)

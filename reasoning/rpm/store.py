@@ -80,20 +80,26 @@ class RPMStore:
     def add_entries(
         self, tenant: str, user: str, items: list[tuple[str, str, str | None]], source: str
     ) -> list[int]:
-        now = time.time()
-        e = self._entries
         with self.db.write() as conn:
-            return [
-                int(
-                    conn.execute(
-                        sa.insert(e)
-                        .values(tenant=tenant, user=user, input=text, response=response, task=task, source=source,
-                                status="pending", created_at=now)
-                        .returning(e.c.id)
-                    ).scalar_one()
-                )
-                for text, response, task in items
-            ]
+            return self.insert_entries(conn, tenant, user, items, source, time.time())
+
+    def insert_entries(
+        self, conn: Connection, tenant: str, user: str, items: list[tuple[str, str, str | None]], source: str,
+        now: float,
+    ) -> list[int]:
+        """Pending history entries, inside the caller's transaction (feedback replaces entries in the same one)."""
+        e = self._entries
+        return [
+            int(
+                conn.execute(
+                    sa.insert(e)
+                    .values(tenant=tenant, user=user, input=text, response=response, task=task, source=source,
+                            status="pending", created_at=now)
+                    .returning(e.c.id)
+                ).scalar_one()
+            )
+            for text, response, task in items
+        ]
 
     def entry_ids(self, tenant: str, user: str, status: str | None = None) -> list[int]:
         e = self._entries
