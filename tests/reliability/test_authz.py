@@ -29,7 +29,10 @@ from tests.support.servers import ThreadedServer
 from tests.support.upstream import ScriptedUpstream
 
 # Routes anyone may call: liveness, readiness, metrics and the API description.
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# /docs/assets/{name}: Swagger UI and ReDoc's own script, style sheet and icon, from a fixed map (no user data).
+PUBLIC = {
+    "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs/assets/{name}",
+}
 
 
 def _probe_router() -> APIRouter:
