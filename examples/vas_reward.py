@@ -36,6 +36,9 @@ reply = chat.chat.completions.create(
     model=MODEL,
     messages=[{"role": "user", "content": "Describe your weekend in one sentence."}],
     max_tokens=16,
+    # VAS samples from softmax((log p + beta * value) / temperature); 0 takes the best-scored token each step,
+    # so this example prints the same answer every run. Leave it out to sample.
+    temperature=0,
     extra_body={"rapport": {"vas": True}},  # VAS on for this call, with the user's weights
 )
 vas = next(s for s in (reply.model_extra or {})["rapport"]["stages"] if s["name"] == "vas")["detail"]
@@ -47,6 +50,7 @@ reply = chat.chat.completions.create(
     model=MODEL,
     messages=[{"role": "user", "content": "Describe your morning in one sentence."}],
     max_tokens=16,
+    temperature=0,
     extra_body={"rapport": {"vas": {"weights": {VALUE_MODEL: 1.0}, "beta": 8.0, "top_k": 5}}},
 )
 vas = next(s for s in (reply.model_extra or {})["rapport"]["stages"] if s["name"] == "vas")["detail"]
